@@ -1,0 +1,127 @@
+"""`mrq-run path [JSON | key value ...]`: run a task in the foreground and print its result as
+JSON, or with --queue Q, queue it and print the job id."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+DESCRIPTION = """Run a task in this process and print its JSON result (no worker needed; Redis and
+MongoDB are used only if the task uses them), or with --queue, queue it for a worker and print the
+job id. Params: one JSON object ('{"url": "https://..."}') or key value pairs (url https://...).
+Exit codes: 0 success, 1 the task failed, 2 bad command line or params, 3 Redis/MongoDB
+unreachable, 4 unknown task."""
+
+
+def parse_params(taskargs: Sequence[str]) -> dict[str, Any]:
+    """One JSON object, or key value pairs (values stay strings). Raises ValueError saying why."""
+    if not taskargs:
+        return {}
+    if len(taskargs) == 1 and taskargs[0].lstrip().startswith(("{", "[", '"')):
+        try:
+            params = json.loads(taskargs[0])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"params are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        if not isinstance(params, dict):
+            raise ValueError(f"params must be a JSON object, got a JSON {type(params).__name__}")
+        return params
+    if len(taskargs) % 2:
+        raise ValueError(f"params must be one JSON object or key value pairs; got {len(taskargs)} words "
+                         f"(the last key {taskargs[-1]!r} has no value)")
+    return dict(zip(taskargs[::2], taskargs[1::2], strict=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    from bson import ObjectId
+
+    from .. import current
+    from ..config import RUN, build_parser, load_settings
+    from ..exceptions import (
+        ConfigError,
+        InvalidJob,
+        InvalidQueueName,
+        JobInterrupt,
+        StoreUnavailable,
+        TaskNotFound,
+    )
+    from ..job import Job, queue_job
+    from ..log import setup_logging
+    from ..task import load_task, validate_task_path
+    from .common import (
+        EXIT_FAILED,
+        EXIT_NOT_FOUND,
+        EXIT_OK,
+        EXIT_UNAVAILABLE,
+        EXIT_USAGE,
+        fail,
+        json_default,
+    )
+
+    prog = "mrq-run"
+    sys.path.insert(0, os.getcwd())
+    parser = build_parser(RUN, prog=prog, description=DESCRIPTION)
+    parser.add_argument("path", help="Dotted path of the task, e.g. tasks.io.Fetch")
+    parser.add_argument("taskargs", nargs=argparse.REMAINDER, help="One JSON object, or key value pairs")
+    try:
+        settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=RUN, parser=parser)
+        params = parse_params(args.taskargs)
+        validate_task_path(args.path)
+    except (ConfigError, ValueError, InvalidJob) as exc:
+        return fail(prog, str(exc), EXIT_USAGE)
+    setup_logging(settings, sys.stderr)
+    store = current.set_current_config(settings)
+
+    if settings.queue:
+        try:
+            job_id = queue_job(args.path, params, queue=settings.queue, store=store)
+        except (InvalidJob, InvalidQueueName) as exc:
+            return fail(prog, str(exc), EXIT_USAGE)
+        except StoreUnavailable as exc:
+            return fail(prog, str(exc), EXIT_UNAVAILABLE)
+        finally:
+            store.close()
+        print(job_id)
+        return EXIT_OK
+
+    job = Job(ObjectId(), store)
+    job.data = {"_id": job.id, "path": args.path, "params": params, "status": "started", "queue": None}
+    job.stored = False  # lives in this process only: no status, progress or log writes
+    current.set_current_job(job)
+    try:
+        runner = load_task(args.path)
+        result = runner(params)
+    except TaskNotFound as exc:
+        details = getattr(exc, "details", None)
+        if details:
+            print(details, file=sys.stderr, end="")
+        return fail(prog, str(exc), EXIT_NOT_FOUND)
+    except StoreUnavailable as exc:
+        return fail(prog, str(exc), EXIT_UNAVAILABLE)
+    except JobInterrupt as exc:
+        return fail(prog, f"the task stopped with {type(exc).__name__}: {exc}", EXIT_FAILED)
+    except Exception as exc:
+        traceback.print_exc()
+        return fail(prog, f"the task raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    EXIT_FAILED)
+    finally:
+        current.set_current_job(None)
+    try:
+        print(json.dumps(result, default=json_default, ensure_ascii=False))
+    except (TypeError, ValueError) as exc:
+        return fail(prog, f"the task returned a result that is not JSON-serialisable: {exc}", EXIT_FAILED)
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

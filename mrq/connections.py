@@ -1,0 +1,235 @@
+"""Redis and MongoDB clients built from the settings: lazy, fork-safe, with bounded timeouts.
+
+`Connections(settings)` creates each client on first use. A child process (after `fork`) gets
+fresh clients the first time it touches them, never the parent's sockets. Every failure to reach
+a server becomes `StoreUnavailable` with a one-line message naming the URI without its password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pymongo
+import pymongo.database
+import pymongo.errors
+import redis
+import redis.exceptions
+
+from .config import Settings
+from .exceptions import ConfigError, StoreUnavailable
+
+_PASSWORD_IN_URI = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.I)
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with its password replaced by ***, safe to print and log."""
+    return _PASSWORD_IN_URI.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
+
+
+def redact_text(text: str, *uris: str) -> str:
+    """Remove any password of the given URIs from a free text (driver messages)."""
+    text = redact_uri(text)
+    for uri in uris:
+        match = _PASSWORD_IN_URI.match(uri)
+        if match and match["password"]:
+            for secret in {match["password"], unquote(match["password"])}:
+                if len(secret) >= 1:
+                    text = text.replace(secret, "***")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+
+def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -> redis.Redis:
+    """A redis-py client for one of: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://."""
+    common: dict[str, Any] = {
+        "socket_connect_timeout": min(timeout, 5.0),
+        "socket_timeout": timeout,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+        "decode_responses": False,
+    }
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    try:
+        if scheme in ("redis", "rediss", "unix"):
+            pool = redis.BlockingConnectionPool.from_url(uri, max_connections=max_connections, timeout=timeout,
+                                                         **common)
+            return redis.Redis(connection_pool=pool)
+        if scheme == "redis+sentinel":
+            return _make_sentinel(uri, common)
+        if scheme == "redis+cluster":
+            from redis.cluster import RedisCluster
+
+            cluster_uri = "redis://" + uri.split("://", 1)[1]
+            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections, **common)
+            return client  # type: ignore[no-any-return,unused-ignore]
+    except (ValueError, redis.exceptions.RedisError) as exc:
+        raise ConfigError(f"invalid Redis URI {redact_uri(uri)}: {_first_line(exc)}") from None
+    raise ConfigError(
+        f"invalid Redis URI {redact_uri(uri)}: expected redis://, rediss://, unix://, redis+sentinel:// "
+        "or redis+cluster://"
+    )
+
+
+def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
+    """redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]"""
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit("redis://" + uri.split("://", 1)[1])
+    netloc = parts.netloc.rsplit("@", 1)
+    password = None
+    if len(netloc) == 2:
+        password = unquote(netloc[0].split(":", 1)[-1]) or None
+    hosts = []
+    for host in netloc[-1].split(","):
+        name, _, port = host.partition(":")
+        hosts.append((name, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigError(f"invalid Redis URI {redact_uri(uri)}: the Sentinel service name is missing")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(hosts, socket_timeout=common["socket_timeout"],
+                        sentinel_kwargs={"socket_timeout": common["socket_timeout"]})
+    return sentinel.master_for(service, db=db, password=password, **common)
+
+
+# --- MongoDB --------------------------------------------------------------------------------------
+
+
+def make_mongo(uri: str, *, timeout: float = 5.0) -> pymongo.MongoClient:
+    ms = int(timeout * 1000)
+    try:
+        return pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=max(ms * 6, 30_000),
+            appname="mrq",
+            tz_aware=False,
+            connect=False,
+        )
+    except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidURI, ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid MongoDB URI {redact_uri(uri)}: {redact_text(_first_line(exc), uri)}") from None
+
+
+def mongo_database_name(uri: str, default: str = "mrq") -> str:
+    path = urlsplit(uri).path.lstrip("/")
+    return unquote(path.split("?")[0]) or default
+
+
+class Connections:
+    """The Redis and MongoDB clients of one process, created lazily from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._redis: redis.Redis | None = None
+        self._mongo_clients: dict[str, pymongo.MongoClient] = {}
+
+    # A forked child must not reuse the parent's sockets.
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            self._redis = None
+            self._mongo_clients = {}  # the parent's clients are abandoned, not closed (sockets are shared)
+            self._pid = os.getpid()
+
+    @property
+    def redis(self) -> redis.Redis:
+        self._check_fork()
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    s = self.settings
+                    self._redis = make_redis(s.redis, max_connections=s.redis_max_connections,
+                                             timeout=s.redis_timeout)
+        return self._redis
+
+    def _mongo_client(self, uri: str) -> pymongo.MongoClient:
+        self._check_fork()
+        client = self._mongo_clients.get(uri)
+        if client is None:
+            with self._lock:
+                client = self._mongo_clients.get(uri)
+                if client is None:
+                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout)
+                    self._mongo_clients[uri] = client
+        return client
+
+    @property
+    def mongodb_jobs(self) -> pymongo.database.Database:
+        uri = self.settings.mongodb_jobs
+        return self._mongo_client(uri)[mongo_database_name(uri)]
+
+    @property
+    def mongodb_logs(self) -> pymongo.database.Database | None:
+        """The logs database: None when `mongodb_logs` is 0 (per-job logs not stored)."""
+        setting = self.settings.mongodb_logs
+        if setting == "0":
+            return None
+        if setting == "1":
+            return self.mongodb_jobs
+        return self._mongo_client(setting)[mongo_database_name(setting)]
+
+    def check_redis(self) -> None:
+        """Ping Redis; raise StoreUnavailable with a one-line reason if it cannot be reached."""
+        uri = self.settings.redis
+        try:
+            self.redis.ping()
+        except redis.exceptions.AuthenticationError as exc:
+            raise StoreUnavailable(f"Redis at {redact_uri(uri)} refused the credentials: "
+                                   f"{redact_text(_first_line(exc), uri)}") from None
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StoreUnavailable(f"cannot reach Redis at {redact_uri(uri)}: "
+                                   f"{redact_text(_first_line(exc), uri)}") from None
+
+    def check_mongodb(self) -> None:
+        """Ping every configured MongoDB; raise StoreUnavailable with a one-line reason on failure."""
+        uris = [self.settings.mongodb_jobs]
+        if self.settings.mongodb_logs not in ("0", "1"):
+            uris.append(self.settings.mongodb_logs)
+        for uri in uris:
+            try:
+                self._mongo_client(uri).admin.command("ping")
+            except pymongo.errors.OperationFailure as exc:
+                raise StoreUnavailable(f"MongoDB at {redact_uri(uri)} refused the command: "
+                                       f"{redact_text(_first_line(exc), uri)}") from None
+            except pymongo.errors.PyMongoError as exc:
+                reason = "timed out" if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError) else \
+                    redact_text(_first_line(exc), uri)
+                if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError):
+                    detail = redact_text(_first_line(exc).split(", Timeout:")[0], uri)
+                    reason = f"no server answered within {self.settings.mongodb_timeout:g}s ({detail})"
+                raise StoreUnavailable(f"cannot reach MongoDB at {redact_uri(uri)}: {reason}") from None
+
+    def check(self) -> None:
+        self.check_redis()
+        self.check_mongodb()
+
+    def close(self) -> None:
+        """Close every client of this process (used at worker exit and by tests)."""
+        if os.getpid() != self._pid:
+            self._check_fork()
+            return
+        if self._redis is not None:
+            try:
+                self._redis.close()
+                pool = getattr(self._redis, "connection_pool", None)
+                if pool is not None:
+                    pool.disconnect()
+            except Exception:
+                pass
+            self._redis = None
+        for client in self._mongo_clients.values():
+            client.close()
+        self._mongo_clients = {}

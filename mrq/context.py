@@ -1,0 +1,106 @@
+"""The MRQ-compatible API for code running inside jobs and for standalone scripts.
+
+    from mrq.context import log, get_current_job, retry_current_job, connections
+
+This module is a thin facade over the current Store and the job the calling greenlet runs
+(mrq.current); library code does not use it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import current
+from .config import Settings
+from .exceptions import MrqError
+from .job import queue_job, queue_jobs
+from .subpool import subpool_imap, subpool_map
+from .task import load_task
+
+__all__ = [
+    "abort_current_job",
+    "connections",
+    "get_current_config",
+    "get_current_job",
+    "get_current_worker",
+    "log",
+    "queue_job",
+    "queue_jobs",
+    "retry_current_job",
+    "run_task",
+    "set_current_job_progress",
+    "setup_context",
+    "subpool_imap",
+    "subpool_map",
+]
+
+#: The per-job logger: inside a job its records go to the worker's output and to mrq_logs.
+log = logging.getLogger("mrq.current")
+
+get_current_job = current.get_current_job
+get_current_worker = current.get_current_worker
+set_current_job = current.set_current_job
+
+
+def get_current_config() -> Settings:
+    """The settings in use (a Settings object; `config["key"]` works as in MRQ)."""
+    return current.get_current_config()
+
+
+def setup_context(**overrides: Any) -> Settings:
+    """For standalone scripts: read the config file and MRQ_* environment, plus `overrides`
+    (e.g. `setup_context(redis="redis://...", mongodb_jobs="mongodb://...")`)."""
+    current.setup_from_environment(**overrides)
+    return current.get_current_config()
+
+
+class _Connections:
+    """`connections.redis`, `connections.mongodb_jobs`, `connections.mongodb_logs` of the
+    current context, created on first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        conns = current.get_current_store().connections
+        if name in ("redis", "mongodb_jobs", "mongodb_logs"):
+            return getattr(conns, name)
+        raise AttributeError(f"no connection named {name!r} (redis, mongodb_jobs, mongodb_logs)")
+
+    def reset(self) -> None:
+        current.get_current_store().connections.close()
+
+
+connections = _Connections()
+
+
+def _require_job(what: str) -> Any:
+    job = current.get_current_job()
+    if job is None:
+        raise MrqError(f"{what}() was called outside a running job")
+    return job
+
+
+def retry_current_job(delay: float | None = None, max_retries: int | None = None,
+                      queue: str | None = None) -> None:
+    """Stop the current job and run it again after `delay` seconds (default: the task's
+    retry_delay), on `queue` (default: its queue). Past `max_retries` (default: the task's) the job
+    ends as `maxretries` instead. Never returns."""
+    job = _require_job("retry_current_job")
+    job.retry(delay=delay, max_retries=max_retries, queue=queue)
+
+
+def abort_current_job() -> None:
+    """Stop the current job now; it ends as `abort` and is not retried. Never returns."""
+    job = _require_job("abort_current_job")
+    job.abort()
+
+
+def set_current_job_progress(ratio: float, save: bool = False) -> None:
+    """Record the job's progress (0..1); saved within a second, or now with save=True."""
+    job = _require_job("set_current_job_progress")
+    job.set_progress(ratio, save=save)
+
+
+def run_task(path: str, params: dict[str, Any]) -> Any:
+    """Run another task synchronously, in this greenlet, and return its result."""
+    return load_task(path)(params)
+

@@ -1,0 +1,383 @@
+"""Jobs: the job document in `mrq_jobs`, its statuses, and the MRQ-compatible functions to queue
+jobs and read them back.
+
+A job is one MongoDB document (its `_id`, an ObjectId, is the job id everywhere) plus, while it
+waits, its id in a Redis structure of its queue. Every status change is one guarded MongoDB
+update: the filter names the statuses the job may leave that way, so a finished job never goes
+back to `started` and a job recovered from a dead worker is not overwritten by that worker.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import bson
+import pymongo
+import pymongo.errors
+import redis.exceptions
+from bson import ObjectId
+
+from . import current
+from .clock import utcnow
+from .connections import redact_text
+from .exceptions import (
+    AbortInterrupt,
+    InvalidJob,
+    InvalidStatusTransition,
+    JobInterrupt,
+    JobNotFound,
+    MaxRetriesInterrupt,
+    MrqError,
+    RetryInterrupt,
+    StoreUnavailable,
+)
+from .queue import RegularQueue, queue_kind
+from .storage.keys import validate_queue_name
+from .task import validate_task_path
+
+if TYPE_CHECKING:
+    from .store import Store
+
+# --- statuses -------------------------------------------------------------------------------------
+QUEUED = "queued"
+STARTED = "started"
+SUCCESS = "success"
+FAILED = "failed"
+RETRY = "retry"
+MAXRETRIES = "maxretries"
+TIMEOUT = "timeout"
+ABORT = "abort"
+CANCEL = "cancel"
+INTERRUPT = "interrupt"
+DELAYED = "delayed"
+
+ALL_STATUSES = (QUEUED, DELAYED, STARTED, SUCCESS, FAILED, RETRY, MAXRETRIES, TIMEOUT, ABORT, CANCEL, INTERRUPT)
+#: A worker may start a job only from these (its id is, or will be, in a queue).
+STARTABLE_STATUSES = frozenset({QUEUED, RETRY, DELAYED})
+#: Statuses a job ends in: it runs again only if someone requeues it.
+FINAL_STATUSES = frozenset({SUCCESS, FAILED, MAXRETRIES, TIMEOUT, ABORT, CANCEL, INTERRUPT})
+#: MRQ's name for the statuses that are not final.
+TRANSIENT_STATUSES = frozenset({QUEUED, DELAYED, STARTED, RETRY})
+#: Statuses that store a traceback.
+ERROR_STATUSES = frozenset({FAILED, MAXRETRIES, TIMEOUT, ABORT, INTERRUPT, RETRY})
+
+#: MongoDB refuses documents over 16 MiB; keep room for the fields added while the job runs.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+DEFAULT_QUEUE = "default"
+
+
+def to_object_id(job_id: object) -> ObjectId:
+    if isinstance(job_id, ObjectId):
+        return job_id
+    if isinstance(job_id, bytes):
+        job_id = job_id.decode("ascii", "replace")
+    if isinstance(job_id, str) and ObjectId.is_valid(job_id):
+        return ObjectId(job_id)
+    raise JobNotFound(job_id)
+
+
+def ttl_for(status: str, task_settings: Any) -> float:
+    if status == SUCCESS:
+        return float(task_settings.result_ttl)
+    if status == ABORT:
+        return float(task_settings.abort_ttl)
+    if status == CANCEL:
+        return float(task_settings.cancel_ttl)
+    return float(task_settings.default_ttl)
+
+
+# --- queueing -------------------------------------------------------------------------------------
+
+
+def _check_document(doc: dict[str, Any], index: int) -> None:
+    try:
+        size = len(bson.encode(doc))
+    except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+        where = f"params #{index}" if index else "params"
+        raise InvalidJob(f"{where} cannot be stored in MongoDB: {exc}") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise InvalidJob(
+            f"params #{index} make a {size / 1048576:.1f} MiB job document; MongoDB documents are limited to "
+            "16 MiB (store large data elsewhere and pass a reference)"
+        )
+
+
+def resolve_queue(store: Store, path: str, queue: str | None) -> str:
+    name = queue or store.task_settings(path).queue or DEFAULT_QUEUE
+    return validate_queue_name(name)
+
+
+def queue_jobs(
+    path: str,
+    params_list: Sequence[Mapping[str, Any]],
+    queue: str | None = None,
+    batch_size: int = 1000,
+    *,
+    store: Store | None = None,
+) -> list[ObjectId]:
+    """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
+    pipeline per batch. Everything is validated before anything is stored.
+
+    `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
+    current context's (see mrq.context.setup_context)."""
+    store = store or _current_store()
+    validate_task_path(path)
+    queue = resolve_queue(store, path, queue)
+    if queue_kind(queue) != "regular":
+        raise InvalidJob(f"queue {queue!r} is a raw queue: use queue_raw_jobs() to put parameters on it")
+    if batch_size < 1:
+        raise InvalidJob("batch_size must be >= 1")
+    params_list = list(params_list)
+    now = utcnow()
+    docs = []
+    for index, params in enumerate(params_list):
+        if not isinstance(params, Mapping):
+            raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
+        doc = {
+            "_id": ObjectId(),
+            "path": path,
+            "params": dict(params),
+            "queue": queue,
+            "status": QUEUED,
+            "datequeued": now,
+            "dateupdated": now,
+            "retry_count": 0,
+        }
+        _check_document(doc, index)
+        docs.append(doc)
+
+    ids: list[ObjectId] = []
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start:start + batch_size]
+        try:
+            store.jobs.insert_many(batch, ordered=True, bypass_document_validation=True)
+        except pymongo.errors.PyMongoError as exc:
+            raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]  # type: ignore[misc]
+        _push_ids(store, queue, batch_ids)
+        ids.extend(batch_ids)
+    return ids
+
+
+def _push_ids(store: Store, queue: str, ids: list[ObjectId]) -> None:
+    """Push ids on their queue and wake the idle workers. Retried for a few seconds; if Redis stays
+    down the just-inserted documents are removed so that the error means "not queued"."""
+    deadline = time.monotonic() + store.settings.redis_timeout
+    delay = 0.05
+    while True:
+        try:
+            RegularQueue(queue, store).push([str(i) for i in ids])
+            return
+        except (redis.exceptions.RedisError, OSError) as exc:
+            if time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                store.jobs.delete_many({"_id": {"$in": ids}, "status": QUEUED})
+            except pymongo.errors.PyMongoError:
+                pass  # they stay queued in MongoDB; RequeueLostJobs will queue them (at-least-once)
+            raise _unavailable("Redis", store.settings.redis, exc) from None
+
+
+def _unavailable(what: str, uri: str, exc: BaseException) -> StoreUnavailable:
+    from .connections import redact_uri
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return StoreUnavailable(f"{what} at {redact_uri(uri)} failed: {redact_text(first, uri)}")
+
+
+def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, *,
+              store: Store | None = None) -> ObjectId:
+    """Queue one job; returns its id (an ObjectId)."""
+    return queue_jobs(path, [params], queue=queue, store=store)[0]
+
+
+def _current_store() -> Store:
+    return current.get_current_store()
+
+
+# --- reading and acting on one job ----------------------------------------------------------------
+
+
+class Job:
+    """A handle on one job document. `fetch()` loads it; attributes read its fields."""
+
+    def __init__(self, job_id: object, store: Store | None = None) -> None:
+        self.id = to_object_id(job_id)
+        self._store = store
+        self.data: dict[str, Any] | None = None
+        self.progress_dirty = False
+        self.stored = True  # False for a job run in-process by mrq-run: nothing is written
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = _current_store()
+        return self._store
+
+    def __repr__(self) -> str:
+        status = self.data.get("status") if self.data else "?"
+        return f"<Job {self.id} {status}>"
+
+    def fetch(self, full_data: bool | dict[str, Any] = True) -> Job:
+        """Load the document; raises JobNotFound when there is none (never queued, or expired)."""
+        projection = None if full_data is True else (full_data or {"path": 1, "params": 1, "status": 1})
+        data = self.store.jobs.find_one({"_id": self.id}, projection)
+        if data is None:
+            raise JobNotFound(self.id)
+        self.data = data
+        return self
+
+    def exists(self) -> bool:
+        return self.store.jobs.count_documents({"_id": self.id}, limit=1) == 1
+
+    def _field(self, name: str) -> Any:
+        if self.data is None:
+            self.fetch()
+        assert self.data is not None
+        return self.data.get(name)
+
+    status = property(lambda self: self._field("status"))
+    result = property(lambda self: self._field("result"))
+    traceback = property(lambda self: self._field("traceback"))
+    exceptiontype = property(lambda self: self._field("exceptiontype"))
+    path = property(lambda self: self._field("path"))
+    params = property(lambda self: self._field("params"))
+    queue = property(lambda self: self._field("queue"))
+    progress = property(lambda self: self._field("progress"))
+    retry_count = property(lambda self: self._field("retry_count") or 0)
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
+        """Block until the job leaves `queued`/`started`/`delayed`; return `{result, status}` (or
+        the whole document with full_data). Raises JobWaitTimeout after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        projection = None if full_data else {"result": 1, "status": 1, "_id": 0}
+        while True:
+            data = self.store.jobs.find_one({"_id": self.id}, projection)
+            if data is None:
+                raise JobNotFound(self.id)
+            if data.get("status") not in (QUEUED, STARTED, DELAYED):
+                if full_data:
+                    self.data = data
+                return data
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobWaitTimeout(f"job {self.id} still {data.get('status')} after {timeout:g}s")
+            time.sleep(poll_interval)
+
+    def cancel(self) -> bool:
+        """Cancel a job that has not started: it will never run. Returns False when it had already
+        left the waiting statuses (raises for a running job: abort it instead)."""
+        store = self.store
+        doc = store.jobs.find_one_and_update(
+            {"_id": self.id, "status": {"$in": sorted(STARTABLE_STATUSES)}},
+            {"$set": {"status": CANCEL, "dateupdated": utcnow(),
+                      "dateexpires": utcnow() + timedelta(seconds=store.settings.default_job_cancel_ttl)}},
+            projection={"queue": 1, "path": 1},
+        )
+        if doc is None:
+            current = store.jobs.find_one({"_id": self.id}, {"status": 1})
+            if current is None:
+                raise JobNotFound(self.id)
+            if current["status"] == STARTED:
+                raise InvalidStatusTransition(f"job {self.id} is running: abort it instead of cancelling it")
+            return False
+        cancel_ttl = store.task_settings(doc["path"]).cancel_ttl
+        if cancel_ttl != store.settings.default_job_cancel_ttl:
+            store.jobs.update_one({"_id": self.id}, {"$set": {"dateexpires": utcnow() + timedelta(seconds=cancel_ttl)}})
+        RegularQueue(doc["queue"], store).forget(str(self.id))
+        return True
+
+    def requeue(self, queue: str | None = None, retry_count: int = 0) -> None:
+        """Queue a job again (after it failed, was cancelled, interrupted...). A job that is queued
+        or running is left alone (InvalidStatusTransition)."""
+        store = self.store
+        updates: dict[str, Any] = {"status": QUEUED, "datequeued": utcnow(), "dateupdated": utcnow(),
+                                   "retry_count": retry_count}
+        if queue is not None:
+            updates["queue"] = validate_queue_name(queue)
+        doc = store.jobs.find_one_and_update(
+            {"_id": self.id, "status": {"$nin": [QUEUED, STARTED]}},
+            {"$set": updates, "$unset": {"dateexpires": "", "dateretry": ""}},
+            projection={"queue": 1},
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        if doc is None:
+            current = store.jobs.find_one({"_id": self.id}, {"status": 1})
+            if current is None:
+                raise JobNotFound(self.id)
+            raise InvalidStatusTransition(f"job {self.id} is {current['status']}: nothing to requeue")
+        queue_obj = RegularQueue(doc["queue"], store)
+        queue_obj.forget(str(self.id), delayed_only=True)
+        queue_obj.push([str(self.id)])
+
+
+    # --- used from inside the running job (mrq.context) --------------------------------------------
+
+    def retry(self, delay: float | None = None, max_retries: int | None = None, queue: str | None = None) -> None:
+        """Raise the interrupt that makes the worker retry this job (or end it as maxretries)."""
+        settings = self.store.task_settings(self.path)
+        limit = settings.max_retries if max_retries is None else max_retries
+        pending = sys.exc_info()
+        if self.retry_count >= limit:
+            exc: JobInterrupt = MaxRetriesInterrupt(f"max retries reached ({limit})")
+        else:
+            target = validate_queue_name(queue or self.queue or DEFAULT_QUEUE)
+            exc = RetryInterrupt(settings.retry_delay if delay is None else float(delay), target,
+                                 self.retry_count + 1)
+        if pending[0] is not None:
+            exc.original_exception = pending
+        raise exc
+
+    def abort(self) -> None:
+        exc = AbortInterrupt("job aborted")
+        pending = sys.exc_info()
+        if pending[0] is not None:
+            exc.original_exception = pending
+        raise exc
+
+    def set_progress(self, ratio: float, save: bool = False) -> None:
+        ratio = min(max(float(ratio), 0.0), 1.0)
+        if self.data is None:
+            self.data = {}
+        self.data["progress"] = ratio
+        self.progress_dirty = True
+        if save:
+            self.save_progress()
+
+    def save_progress(self) -> None:
+        if self.data is None or "progress" not in self.data or not self.stored:
+            return
+        self.progress_dirty = False
+        self.store.jobs.update_one({"_id": self.id, "status": STARTED}, {"$set": {"progress": self.data["progress"]}})
+
+
+class JobWaitTimeout(MrqError, TimeoutError):
+    """Job.wait() gave up before the job finished."""
+
+
+def get_job_result(job_id: object, *, store: Store | None = None) -> dict[str, Any] | None:
+    """`{"result": ..., "status": ...}` of a job, or None when there is no such job."""
+    store = store or _current_store()
+    return store.jobs.find_one({"_id": to_object_id(job_id)}, {"result": 1, "status": 1, "_id": 0})
+
+
+def final_fields(status: str, task_settings: Any, now: datetime, started: datetime | None) -> dict[str, Any]:
+    """The fields every final status write sets."""
+    fields: dict[str, Any] = {
+        "status": status,
+        "dateupdated": now,
+        "datefinished": now,
+        "dateexpires": now + timedelta(seconds=ttl_for(status, task_settings)),
+    }
+    if started is not None:
+        fields["totaltime"] = (now - started).total_seconds()
+    return fields
+
+
+def ids_as_strings(ids: Iterable[object]) -> list[str]:
+    return [str(i) for i in ids]

@@ -1,0 +1,66 @@
+"""Process logging for mrq commands: human-readable lines by default, one JSON object per line
+with `--log_format json`. Lines logged inside a job carry the job id."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import IO, Any
+
+from . import current
+from .config import Settings
+from .joblogs import message_text
+
+
+class _JobFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = current.get_current_job()
+        record.job_id = str(job.id) if job is not None else ""
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(job_tag)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.msg, clean.args = message_text(record), None
+        job_id = getattr(record, "job_id", "")
+        clean.job_tag = f" [job {job_id}]" if job_id else ""
+        return super().format(clean)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message_text(record),
+        }
+        job_id = getattr(record, "job_id", "")
+        if job_id:
+            data["job"] = job_id
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def setup_logging(settings: Settings, stream: IO[str]) -> None:
+    """Send the `mrq` loggers (worker and per-job) to `stream` in the configured format."""
+    root = logging.getLogger("mrq")
+    for handler in list(root.handlers):
+        if getattr(handler, "_mrq_stream", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler._mrq_stream = True  # type: ignore[attr-defined]
+    handler.addFilter(_JobFilter())
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    root.propagate = False
+    job_logger = logging.getLogger("mrq.current")
+    job_logger.setLevel(logging.DEBUG)  # every job line is stored; the stream handler filters by level
+    handler.setLevel(settings.log_level)
+    job_logger.propagate = not settings.quiet

@@ -1,0 +1,103 @@
+"""Every Redis key and channel name mrq uses, built from the configured prefix. Nowhere else
+builds a key. docs/storage.md describes each one (type, meaning, who writes and reads it).
+
+Keys that an atomic operation (a Lua script, a MULTI) touches together share one hash tag,
+`{<prefix>:q:<queue>}`, so that each such operation stays on one slot of a Redis Cluster.
+Keys that no multi-key operation touches (the worker registry, paused queues...) carry no tag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..exceptions import InvalidQueueName
+
+# Letters, digits and a few safe punctuation marks; '/' separates subqueues. No whitespace, no
+# ':' (the key separator), no braces (hash tags), no glob characters (pattern subscriptions).
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_\-.@+=]+(?:/[A-Za-z0-9_\-.@+=]+)*")
+MAX_QUEUE_NAME = 200
+
+
+def validate_queue_name(name: object, *, allow_subqueue_wildcard: bool = False) -> str:
+    """Return the name if a job may be queued on it, else raise InvalidQueueName saying why.
+
+    With allow_subqueue_wildcard, `name/` (a worker listening on every subqueue of name) is
+    accepted too; nobody can queue a job on such a name.
+    """
+    if not isinstance(name, str):
+        raise InvalidQueueName(f"queue name must be a string, got {type(name).__name__}")
+    if not name:
+        raise InvalidQueueName("queue name is empty")
+    if len(name) > MAX_QUEUE_NAME:
+        raise InvalidQueueName(f"queue name is longer than {MAX_QUEUE_NAME} characters")
+    base = name
+    if name.endswith("/"):
+        if not allow_subqueue_wildcard:
+            raise InvalidQueueName(
+                f"queue name {name!r} ends with '/': that form only selects subqueues for a worker; "
+                "queue jobs on a full subqueue name such as 'crawl/example.com'"
+            )
+        base = name[:-1]
+    if not _QUEUE_NAME.fullmatch(base):
+        bad = sorted({c for c in base if not re.fullmatch(r"[A-Za-z0-9_\-.@+=/]", c)})
+        if bad:
+            shown = ", ".join(repr(c) for c in bad)
+            raise InvalidQueueName(
+                f"queue name {name!r} contains {shown}: use letters, digits and _ - . @ + =, "
+                "with '/' between subqueue parts"
+            )
+        raise InvalidQueueName(f"queue name {name!r}: empty part between '/' separators")
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix (`redis_prefix` setting)."""
+
+    prefix: str = "mrq"
+
+    # --- per queue (hash-tagged) ---------------------------------------------------------------
+    def queue_tag(self, queue: str) -> str:
+        return "{%s:q:%s}" % (self.prefix, queue)  # noqa: UP031 - braces are literal here
+
+    def queue_ids(self, queue: str) -> str:
+        """LIST of the ids of a regular queue's queued jobs (RPUSH; taken from the left)."""
+        return self.queue_tag(queue) + ":ids"
+
+    def queue_running(self, queue: str, worker_id: str) -> str:
+        """SET of the ids a worker took from the queue and has not finished (its in-flight jobs)."""
+        return f"{self.queue_tag(queue)}:running:{worker_id}"
+
+    def queue_delayed(self, queue: str) -> str:
+        """ZSET id -> unix time at which the job (a delayed retry) goes back to the queue."""
+        return self.queue_tag(queue) + ":delayed"
+
+    # --- global ------------------------------------------------------------------------------------
+    @property
+    def known_queues(self) -> str:
+        """SET of every queue name jobs were ever queued on (for introspection)."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> lease deadline (unix seconds). An expired score means a dead worker."""
+        return f"{self.prefix}:workers"
+
+    def worker_queues(self, worker_id: str) -> str:
+        """SET of the queues in which a worker may hold running ids (where to look on recovery)."""
+        return f"{self.prefix}:worker:{worker_id}:queues"
+
+    @property
+    def paused_queues(self) -> str:
+        """SET of paused queue names."""
+        return f"{self.prefix}:paused"
+
+    # --- channels (pub/sub) -------------------------------------------------------------------------
+    def notify_channel(self, queue: str) -> str:
+        """Channel published on when jobs are queued (payload: how many). Idle workers wake on it."""
+        return f"{self.prefix}:notify:{queue}"
+
+    def notify_pattern(self, queue_prefix: str) -> str:
+        """Pattern matching the channels of every subqueue of `queue_prefix` (which ends with '/')."""
+        return f"{self.prefix}:notify:{queue_prefix}*"

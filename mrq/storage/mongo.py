@@ -1,0 +1,90 @@
+"""Every MongoDB collection mrq uses and its indexes, in one place. docs/storage.md describes the
+documents. `ensure_indexes()` creates what is missing and is safe to run at any time, from any
+number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymongo
+import pymongo.database
+from pymongo import ASCENDING, DESCENDING
+
+JOBS = "mrq_jobs"
+LOGS = "mrq_logs"
+WORKERS = "mrq_workers"
+SCHEDULED_JOBS = "mrq_scheduled_jobs"
+
+
+@dataclass(frozen=True)
+class Index:
+    keys: list[tuple[str, int]]
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def model(self) -> pymongo.IndexModel:
+        return pymongo.IndexModel(self.keys, name=self.name, **self.options)
+
+
+# Each index names the queries it serves. Sorts end with _id so that ties are deterministic.
+INDEXES: dict[str, list[Index]] = {
+    JOBS: [
+        # Finished jobs are removed once dateexpires passes (set from result_ttl etc. at the end).
+        Index([("dateexpires", ASCENDING)], "ttl_dateexpires", {"expireAfterSeconds": 0, "sparse": True}),
+        # Jobs list by status (newest first), maintenance by status (started/queued/interrupt).
+        Index([("status", ASCENDING), ("_id", DESCENDING)], "status_id"),
+        # Jobs list by queue (+status), queue introspection counts.
+        Index([("queue", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], "queue_status_id"),
+        # Jobs list by task path (+status), task path statistics.
+        Index([("path", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], "path_status_id"),
+        # Running jobs of a worker (recovery of a dead worker's jobs; worker page).
+        Index([("worker", ASCENDING), ("status", ASCENDING)], "worker_status", {"sparse": True}),
+        # Exceptions grouped by type.
+        Index([("exceptiontype", ASCENDING), ("_id", DESCENDING)], "exceptiontype_id", {"sparse": True}),
+        # Retry jobs that are due (RequeueRetryJobs safety net).
+        Index([("dateretry", ASCENDING)], "dateretry", {"sparse": True}),
+    ],
+    LOGS: [
+        Index([("job", ASCENDING), ("_id", ASCENDING)], "job_id", {"sparse": True}),
+        Index([("worker", ASCENDING), ("_id", ASCENDING)], "worker_id", {"sparse": True}),
+        Index([("dateexpires", ASCENDING)], "ttl_dateexpires", {"expireAfterSeconds": 0, "sparse": True}),
+    ],
+    WORKERS: [
+        Index([("status", ASCENDING)], "status"),
+        # Reports of workers gone for a week disappear.
+        Index([("datereported", ASCENDING)], "ttl_datereported", {"expireAfterSeconds": 7 * 24 * 3600}),
+    ],
+    SCHEDULED_JOBS: [
+        Index([("hash", ASCENDING)], "hash_unique", {"unique": True}),
+    ],
+}
+
+
+def ensure_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.database.Database | None) -> list[str]:
+    """Create the missing indexes; returns the names created. Logs indexes go to the logs database."""
+    created: list[str] = []
+    for collection_name, indexes in INDEXES.items():
+        db = logs_db if collection_name == LOGS else jobs_db
+        if db is None:
+            continue
+        collection = db[collection_name]
+        existing = {info["name"] for info in collection.list_indexes()} if collection_name in set(
+            db.list_collection_names(filter={"name": collection_name})) else set()
+        missing = [index for index in indexes if index.name not in existing]
+        if missing:
+            created.extend(collection.create_indexes([index.model() for index in missing]))
+    return created
+
+
+def missing_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.database.Database | None) -> list[str]:
+    """Names of the indexes that ensure_indexes() would create (`collection.index`)."""
+    missing: list[str] = []
+    for collection_name, indexes in INDEXES.items():
+        db = logs_db if collection_name == LOGS else jobs_db
+        if db is None:
+            continue
+        existing = {info["name"] for info in db[collection_name].list_indexes()}
+        missing.extend(f"{collection_name}.{index.name}" for index in indexes if index.name not in existing)
+    return missing

@@ -1,0 +1,113 @@
+"""`Store`: what every layer above storage needs, in one object passed explicitly.
+
+It bundles the settings, the connections, the Redis key builder, the Lua scripts and the
+MongoDB collections, and resolves per-task settings (`TASKS`). Jobs, queues, the worker, the
+scheduler and the dashboard all take a Store; `mrq.context` only keeps the current one for
+user code running inside jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pymongo.collection
+import redis
+
+from .config import Settings
+from .connections import Connections
+from .storage import mongo
+from .storage.keys import Keys
+from .storage.scripts import Scripts, scripts_for
+
+# Per-task keys of TASKS and the setting each one defaults to.
+TASK_DEFAULTS = {
+    "timeout": "default_job_timeout",
+    "result_ttl": "default_job_result_ttl",
+    "abort_ttl": "default_job_abort_ttl",
+    "cancel_ttl": "default_job_cancel_ttl",
+    "default_ttl": "default_job_ttl",
+    "max_retries": "default_job_max_retries",
+    "retry_delay": "default_job_retry_delay",
+}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    queue: str | None
+    timeout: float
+    result_ttl: float
+    abort_ttl: float
+    cancel_ttl: float
+    default_ttl: float
+    max_retries: int
+    retry_delay: float
+
+
+class Store:
+    def __init__(self, settings: Settings, connections: Connections | None = None) -> None:
+        self.settings = settings
+        self.connections = connections or Connections(settings)
+        self.keys = Keys(settings.redis_prefix)
+        self._task_settings: dict[str, TaskSettings] = {}
+        self._known_queues: dict[str, float] = {}
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.connections.redis
+
+    @property
+    def scripts(self) -> Scripts:
+        return scripts_for(self.connections.redis)
+
+    @property
+    def jobs(self) -> pymongo.collection.Collection:
+        return self.connections.mongodb_jobs[mongo.JOBS]
+
+    @property
+    def workers(self) -> pymongo.collection.Collection:
+        return self.connections.mongodb_jobs[mongo.WORKERS]
+
+    @property
+    def logs(self) -> pymongo.collection.Collection | None:
+        db = self.connections.mongodb_logs
+        return None if db is None else db[mongo.LOGS]
+
+    @cached_property
+    def _task_prefixes(self) -> list[tuple[str, dict[str, Any]]]:
+        # Longest prefix first: "tasks.io.Fetch" beats "tasks.io" beats "tasks".
+        entries = [(path, conf) for path, conf in self.settings.tasks.items() if isinstance(conf, dict)]
+        return sorted(entries, key=lambda item: len(item[0]), reverse=True)
+
+    def task_settings(self, path: str) -> TaskSettings:
+        """The settings of a task path: its TASKS entry (exact path, else the longest matching
+        dotted prefix), over the default_job_* settings."""
+        found = self._task_settings.get(path)
+        if found is not None:
+            return found
+        conf: dict[str, Any] = {}
+        for prefix, entry in self._task_prefixes:
+            if path == prefix or path.startswith(prefix.rstrip(".") + "."):
+                conf = entry
+                break
+        values: dict[str, Any] = {"queue": conf.get("queue")}
+        for key, setting in TASK_DEFAULTS.items():
+            values[key] = conf.get(key, self.settings[setting])
+        found = TaskSettings(**values)
+        self._task_settings[path] = found
+        return found
+
+    def note_known_queue(self, name: str) -> bool:
+        """True when this process should (re)register the queue in the known-queues set: the first
+        time, then once a minute (so the set heals after Redis lost its data)."""
+        now = time.monotonic()
+        last = self._known_queues.get(name)
+        if last is not None and now - last < 60:
+            return False
+        self._known_queues[name] = now
+        return True
+
+    def close(self) -> None:
+        self.connections.close()

@@ -1,0 +1,88 @@
+"""Wake-ups: a greenlet subscribed to the notify channels of the worker's queues.
+
+Producers publish on `<prefix>:notify:<queue>` after pushing ids, so an idle worker starts a new
+job within milliseconds instead of after a poll interval. The listener only sets an event; the
+worker's loop does the dequeueing. It subscribes before the worker's first dequeue attempt, so a
+job queued at any moment is either seen by that attempt or wakes the worker afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import gevent
+import gevent.event
+import redis
+import redis.client
+
+from ..backoff import STORE_ERRORS, Backoff
+
+log = logging.getLogger("mrq.worker")
+
+
+class NotificationListener:
+    def __init__(self, client: redis.Redis, channels: list[str], patterns: list[str],
+                 wake: gevent.event.Event, on_due: Callable[[float], None] | None = None) -> None:
+        self.client = client
+        self.channels = channels
+        self.patterns = patterns
+        self.wake = wake
+        self.on_due = on_due
+        self.messages = 0
+        self._pubsub: redis.client.PubSub | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._subscribed = gevent.event.Event()
+        self._stopping = False
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._greenlet = gevent.spawn(self._run)
+        self._subscribed.wait(timeout)
+
+    def _subscribe(self) -> redis.client.PubSub:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        if self.channels:
+            pubsub.subscribe(*self.channels)
+        if self.patterns:
+            pubsub.psubscribe(*self.patterns)
+        return pubsub
+
+    def _run(self) -> None:
+        backoff = Backoff(maximum=5.0)
+        while not self._stopping:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._subscribe()
+                    backoff.reset()
+                    self._subscribed.set()
+                    self.wake.set()  # look at the queues after (re)subscribing: a wake-up may have been missed
+                message = self._pubsub.get_message(timeout=5.0)
+            except STORE_ERRORS as exc:
+                self._close_pubsub()
+                log.debug("notification channel lost (%s); resubscribing", exc)
+                gevent.sleep(backoff.next())
+                continue
+            if message is None or message.get("type") not in ("message", "pmessage"):
+                continue
+            self.messages += 1
+            data = message.get("data") or b""
+            if isinstance(data, bytes) and data.startswith(b"at:") and self.on_due is not None:
+                try:
+                    self.on_due(float(data[3:]))
+                except ValueError:
+                    pass
+            self.wake.set()
+
+    def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+            self._pubsub = None
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=2)
+        self._close_pubsub()

@@ -1,0 +1,3 @@
+"""A task module that fails at import time."""
+
+raise RuntimeError("this module is broken on purpose")

@@ -1,0 +1,114 @@
+"""General-purpose test tasks, MRQ style (Task classes) and plain functions."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mrq.context import (
+    abort_current_job,
+    connections,
+    get_current_job,
+    log,
+    retry_current_job,
+    set_current_job_progress,
+)
+from mrq.task import Task
+
+
+class Add(Task):
+    def run(self, params):
+        log.info("adding %s and %s", params["a"], params["b"])
+        return params["a"] + params["b"]
+
+
+class Echo(Task):
+    def run(self, params):
+        return params
+
+
+class Fail(Task):
+    def run(self, params):
+        raise ValueError(params.get("message", "this task always fails"))
+
+
+class Sleep(Task):
+    def run(self, params):
+        time.sleep(params.get("seconds", 1))
+        return params.get("result", "slept")
+
+
+class CatchAllSleep(Task):
+    """Sleeps, swallowing every Exception (a timeout must still end it)."""
+
+    def run(self, params):
+        deadline = time.time() + params.get("seconds", 10)
+        while time.time() < deadline:
+            try:
+                time.sleep(0.05)
+            except Exception:
+                pass
+        return "survived"
+
+
+class Retry(Task):
+    """Retries until it has been retried `succeed_after` times (then returns the retry count)."""
+
+    def run(self, params):
+        job = get_current_job()
+        if job.retry_count < params.get("succeed_after", 1):
+            retry_current_job(delay=params.get("delay", 0), max_retries=params.get("max_retries"))
+        return job.retry_count
+
+
+class RetryOnError(Task):
+    def run(self, params):
+        try:
+            raise ConnectionError("remote down")
+        except ConnectionError:
+            retry_current_job(delay=params.get("delay", 0), max_retries=params.get("max_retries", 1))
+
+
+class Abort(Task):
+    def run(self, params):
+        abort_current_job()
+
+
+class Progress(Task):
+    def run(self, params):
+        steps = params.get("steps", 5)
+        for step in range(steps):
+            set_current_job_progress((step + 1) / steps)
+            time.sleep(params.get("step_seconds", 0.2))
+        return steps
+
+
+class Logs(Task):
+    def run(self, params):
+        for line in params.get("lines", []):
+            log.info(line)
+        log.warning(b"bytes message \xc3\xa9")
+        log.info("unicode \u2603 \U0001f600")
+        return len(params.get("lines", []))
+
+
+class ReturnObject(Task):
+    def run(self, params):
+        return object()
+
+
+class RecordExecution(Task):
+    """Counts each execution in a collection (fault tests compare executions with jobs)."""
+
+    def run(self, params):
+        job = get_current_job()
+        connections.mongodb_jobs.executions.update_one(
+            {"_id": job.id}, {"$inc": {"count": 1}, "$push": {"pids": os.getpid()}}, upsert=True
+        )
+        time.sleep(params.get("seconds", 0))
+        return "ok"
+
+
+def add(a, b):
+    """A plain function task."""
+    return a + b

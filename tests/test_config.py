@@ -1,0 +1,184 @@
+"""Configuration layers: defaults < config file < MRQ_* environment < command line, and the
+clear one-line errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mrq.config import OPTIONS, WORKER, build_parser, load_settings
+from mrq.exceptions import ConfigError
+
+
+def write_config(tmp_path: Path, body: str, name: str = "mrq-config.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def worker_settings(tmp_path: Path, argv: list[str] | None = None, env: dict[str, str] | None = None):
+    return load_settings(argv or [], scope=WORKER, env=env or {}, cwd=tmp_path)[0]
+
+
+# --- precedence --------------------------------------------------------------------------------
+
+
+def test_defaults_apply_without_any_layer(tmp_path: Path) -> None:
+    settings = worker_settings(tmp_path)
+    assert settings.greenlets == 1
+    assert settings.queues == ["default"]
+    assert settings.redis_prefix == "mrq"
+    assert settings.sources["greenlets"] == "default"
+
+
+def test_config_file_in_working_directory_overrides_defaults(tmp_path: Path) -> None:
+    write_config(tmp_path, "GREENLETS = 7\nQUEUES = ['high', 'low']\n")
+    settings = worker_settings(tmp_path)
+    assert settings.greenlets == 7
+    assert settings.queues == ["high", "low"]
+    assert settings.sources["greenlets"] == "file"
+
+
+def test_environment_overrides_config_file(tmp_path: Path) -> None:
+    write_config(tmp_path, "GREENLETS = 7\n")
+    settings = worker_settings(tmp_path, env={"MRQ_GREENLETS": "12", "MRQ_QUEUES": "a b"})
+    assert settings.greenlets == 12
+    assert settings.queues == ["a", "b"]
+    assert settings.sources["greenlets"] == "env"
+
+
+def test_command_line_overrides_environment_and_file(tmp_path: Path) -> None:
+    write_config(tmp_path, "GREENLETS = 7\nLOG_LEVEL = 'WARNING'\n")
+    settings = worker_settings(
+        tmp_path, ["--greenlets", "30", "--log_level", "INFO", "q1", "q2"], env={"MRQ_GREENLETS": "12"}
+    )
+    assert settings.greenlets == 30
+    assert settings.queues == ["q1", "q2"]
+    # INFO is also the default: an explicitly passed flag still wins over the file.
+    assert settings.log_level == "INFO"
+    assert settings.sources["log_level"] == "cli"
+
+
+def test_gevent_is_an_alias_of_greenlets(tmp_path: Path) -> None:
+    assert worker_settings(tmp_path, ["--gevent", "5"]).greenlets == 5
+
+
+def test_explicit_config_path_replaces_the_default_file(tmp_path: Path) -> None:
+    write_config(tmp_path, "GREENLETS = 7\n")
+    other = write_config(tmp_path, "GREENLETS = 3\n", name="other.py")
+    settings = worker_settings(tmp_path, ["--config", str(other)])
+    assert settings.greenlets == 3
+    assert settings.config_file == str(other)
+
+
+def test_unknown_uppercase_file_keys_pass_through(tmp_path: Path) -> None:
+    write_config(tmp_path, """
+        MY_CUSTOM_KEY = {"a": 1}
+        def HOOK(name, incr=1, **kw):
+            return name
+        METRIC_HOOK = HOOK
+        _private = 1
+        lower = 2
+    """)
+    settings = worker_settings(tmp_path)
+    assert settings["my_custom_key"] == {"a": 1}
+    assert settings["hook"]("x") == "x"
+    assert settings.metric_hook("y") == "y"
+    assert "lower" not in settings and "_private" not in settings
+
+
+def test_boolean_flag_and_env(tmp_path: Path) -> None:
+    assert worker_settings(tmp_path, ["--scheduler"]).scheduler is True
+    assert worker_settings(tmp_path, env={"MRQ_SCHEDULER": "0"}).scheduler is False
+    assert worker_settings(tmp_path, env={"MRQ_SCHEDULER": "yes"}).scheduler is True
+
+
+def test_tasks_from_environment_as_json(tmp_path: Path) -> None:
+    settings = worker_settings(tmp_path, env={"MRQ_TASKS": '{"tasks.x": {"queue": "q"}}'})
+    assert settings.tasks == {"tasks.x": {"queue": "q"}}
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_syntax_error_in_config_file_names_file_and_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "GREENLETS = 4\nQUEUES = ['a',\n")
+    with pytest.raises(ConfigError) as info:
+        worker_settings(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and "line" in message and "syntax error" in message
+    assert "\n" not in message
+
+
+def test_exception_in_config_file_is_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "import nonexistent_module_xyz\n")
+    with pytest.raises(ConfigError) as info:
+        worker_settings(tmp_path)
+    assert str(path) in str(info.value) and "nonexistent_module_xyz" in str(info.value)
+
+
+def test_wrong_type_in_config_file_names_file_key_and_type(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "GREENLETS = 'many'\n")
+    with pytest.raises(ConfigError) as info:
+        worker_settings(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and "GREENLETS" in message and "integer" in message and "'many'" in message
+
+
+def test_wrong_type_in_environment(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        worker_settings(tmp_path, env={"MRQ_GREENLETS": "abc"})
+    assert "MRQ_GREENLETS" in str(info.value) and "integer" in str(info.value) and "'abc'" in str(info.value)
+
+
+def test_out_of_range_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--greenlets.*>= 1"):
+        worker_settings(tmp_path, ["--greenlets", "0"])
+
+
+def test_invalid_choice(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dequeue_strategy.*sequential, parallel, burst.*'fastest'"):
+        worker_settings(tmp_path, ["--dequeue_strategy", "fastest"])
+
+
+def test_unknown_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        worker_settings(tmp_path, ["--greenletz", "3"])
+    assert "--greenletz" in str(info.value)
+
+
+def test_invalid_json_in_environment(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"MRQ_TASKS.*JSON"):
+        worker_settings(tmp_path, env={"MRQ_TASKS": "{not json"})
+
+
+def test_missing_explicit_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        worker_settings(tmp_path, ["--config", str(tmp_path / "nope.py")])
+
+
+def test_bad_redis_prefix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="redis_prefix"):
+        worker_settings(tmp_path, env={"MRQ_REDIS_PREFIX": "my prefix"})
+
+
+def test_every_option_has_help_and_a_valid_default() -> None:
+    for option in OPTIONS:
+        assert option.help, option.name
+        assert option.convert(option.default) == option.default, option.name
+
+
+def test_worker_help_lists_every_worker_and_general_flag() -> None:
+    help_text = build_parser(WORKER).format_help()
+    for option in OPTIONS:
+        if option.cli and option.scope in ("general", WORKER) and not option.positional:
+            assert f"--{option.name}" in help_text, option.name
+
+
+def test_configuration_reference_in_docs_is_current() -> None:
+    from mrq.config import reference_markdown
+
+    docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    assert reference_markdown() in docs, "regenerate with: python -m mrq.config (see docs/configuration.md)"
