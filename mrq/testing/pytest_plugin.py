@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pymongo
 import pytest
 
+from mrq import current
 from mrq.config import Settings, load_settings
 from mrq.connections import Connections
+from mrq.store import Store
 from mrq.testing.stack import MongoTestServer, RedisServer
+from mrq.testing.workers import WorkerProcess
+
+#: Workers under test run from here, so that `tests.tasks.*` is importable (projects using this
+#: plugin can set MRQ_TEST_PROJECT_ROOT).
+PROJECT_ROOT = os.environ.get("MRQ_TEST_PROJECT_ROOT") or os.getcwd()
 
 REAL_MONGODB_ENV = "MRQ_TEST_MONGODB_URI"
 
@@ -147,11 +154,27 @@ def connections(mrq_settings: Settings) -> Iterator[Connections]:
     conns.close()
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment variables that make an mrq command line use the same stores as `settings`."""
-    return {
-        "MRQ_REDIS": settings.redis,
-        "MRQ_REDIS_PREFIX": settings.redis_prefix,
-        "MRQ_MONGODB_JOBS": settings.mongodb_jobs,
-        "MRQ_MONGODB_LOGS": settings.mongodb_logs,
-    }
+@pytest.fixture
+def store(mrq_settings: Settings) -> Iterator[Store]:
+    """A Store on the test servers; also the current one, for MRQ-style calls (queue_job...)."""
+    the_store = current.set_current_config(mrq_settings)
+    yield the_store
+    current.reset()
+
+
+@pytest.fixture
+def worker_factory(mrq_settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real `mrq-worker` processes on the test stores: `worker_factory("--greenlets", "5",
+    "default", env={...})`. Every worker still running at the end of the test is killed."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True,
+              settings: Settings | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings or mrq_settings, args, env=env, cwd=PROJECT_ROOT)
+        started.append(worker)
+        worker.start() if wait else worker.start(ready_text=None)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:

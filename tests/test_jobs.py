@@ -1,0 +1,219 @@
+"""Queueing jobs and reading them back, without a worker: the documents, the Redis side, the
+round trips, and every bad input (clear error, nothing stored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import monitoring
+
+from mrq.exceptions import InvalidJob, InvalidQueueName, InvalidStatusTransition, JobNotFound, StoreUnavailable
+from mrq.job import Job, get_job_result, queue_job, queue_jobs
+from mrq.queue import Queue
+from mrq.store import Store
+from mrq.testing.stack import free_port
+
+
+def queued_ids(store: Store, queue: str = "default") -> list[str]:
+    return [i.decode() for i in store.redis.lrange(store.keys.queue_ids(queue), 0, -1)]
+
+
+def test_queue_job_stores_document_then_id(store: Store) -> None:
+    job_id = queue_job("tests.tasks.general.Add", {"a": 1, "b": 2})
+    assert isinstance(job_id, ObjectId)
+    doc = store.jobs.find_one({"_id": job_id})
+    assert doc is not None
+    assert doc["path"] == "tests.tasks.general.Add"
+    assert doc["params"] == {"a": 1, "b": 2}
+    assert doc["status"] == "queued" and doc["queue"] == "default"
+    assert doc["retry_count"] == 0 and doc["datequeued"] is not None
+    assert "dateexpires" not in doc
+    assert queued_ids(store) == [str(job_id)]
+    assert store.redis.sismember(store.keys.known_queues, "default")
+
+
+def test_queue_jobs_keeps_order_and_batches(store: Store) -> None:
+    ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 0} for i in range(25)], queue="bulk", batch_size=10)
+    assert len(ids) == 25 and len(set(ids)) == 25
+    assert queued_ids(store, "bulk") == [str(i) for i in ids]
+    docs = {d["_id"]: d["params"]["a"] for d in store.jobs.find({"queue": "bulk"})}
+    assert [docs[i] for i in ids] == list(range(25))
+    assert Queue("bulk", store).size() == 25
+
+
+class CommandCounter(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(event.command_name)
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+def test_bulk_queue_round_trips(store: Store, mrq_settings: Any) -> None:
+    """10,000 jobs: one insert per batch of 1,000 and one Redis pipeline per batch."""
+    counter = CommandCounter()
+    monitoring.register(counter)  # applies to clients created afterwards
+    try:
+        from mrq.connections import Connections
+
+        counted = Store(mrq_settings, Connections(mrq_settings))
+        redis_calls = []
+        original = counted.redis.pipeline
+
+        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = original(*args, **kwargs)
+            real_execute = pipe.execute
+
+            def execute(*a: Any, **k: Any) -> Any:
+                redis_calls.append(len(pipe.command_stack))
+                return real_execute(*a, **k)
+
+            pipe.execute = execute
+            return pipe
+
+        counted.redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+        counter.commands.clear()
+        ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 1} for i in range(10_000)], store=counted)
+        assert len(ids) == 10_000
+        assert counter.commands.count("insert") == 10
+        assert len(counter.commands) <= 30
+        assert len(redis_calls) <= 30  # round trips
+        assert store.redis.llen(store.keys.queue_ids("default")) == 10_000
+        counted.close()
+    finally:
+        monitoring._LISTENERS.command_listeners.remove(counter)
+
+
+def test_task_routing_picks_the_default_queue(mrq_settings: Any) -> None:
+    settings = mrq_settings.replace(tasks={"tests.tasks": {"queue": "routed"}, "tests.tasks.general.Fail": {
+        "queue": "failing"}})
+    store = Store(settings)
+    try:
+        assert Job(queue_job("tests.tasks.general.Add", {}, store=store), store).fetch().queue == "routed"
+        assert Job(queue_job("tests.tasks.general.Fail", {}, store=store), store).fetch().queue == "failing"
+        assert Job(queue_job("other.Task", {}, store=store), store).fetch().queue == "default"
+        assert Job(queue_job("tests.tasks.general.Add", {}, queue="explicit", store=store), store).fetch().queue \
+            == "explicit"
+    finally:
+        store.close()
+
+
+# --- bad input: clear errors, nothing stored ---------------------------------------------------
+
+
+def assert_nothing_stored(store: Store) -> None:
+    assert store.jobs.count_documents({}) == 0
+    assert store.redis.keys(f"{{{store.keys.prefix}:q:*") == []
+
+
+def test_params_that_cannot_be_stored(store: Store) -> None:
+    with pytest.raises(InvalidJob, match="params #1 cannot be stored in MongoDB"):
+        queue_jobs("tests.tasks.general.Add", [{"a": 1}, {"a": object()}])
+    assert_nothing_stored(store)
+
+
+def test_params_over_16_mib(store: Store) -> None:
+    with pytest.raises(InvalidJob, match=r"17\.0 MiB job document; MongoDB documents are limited to 16 MiB"):
+        queue_job("tests.tasks.general.Echo", {"blob": "x" * (17 * 1024 * 1024)})
+    assert_nothing_stored(store)
+
+
+def test_params_not_a_dict(store: Store) -> None:
+    with pytest.raises(InvalidJob, match="must be a dict, got list"):
+        queue_job("tests.tasks.general.Echo", [1, 2])  # type: ignore[arg-type]
+    assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("path", ["", "noDots", "tests.tasks.general.", "tests..x", "1tests.x", None, "a.b c"])
+def test_invalid_task_path(store: Store, path: Any) -> None:
+    with pytest.raises(InvalidJob, match="task path must be a dotted Python path"):
+        queue_job(path, {})
+    assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize(
+    ("queue", "reason"),
+    [
+        ("my queue", "contains ' '"),
+        ("a:b", "contains ':'"),
+        ("crawl/", "ends with '/'"),
+        ("{tag}", "contains '{', '}'"),
+        ("a//b", "empty part"),
+        ("x" * 201, "longer than 200"),
+    ],
+)
+def test_invalid_queue_names(store: Store, queue: str, reason: str) -> None:
+    with pytest.raises(InvalidQueueName) as info:
+        queue_job("tests.tasks.general.Echo", {}, queue=queue)
+    assert reason in str(info.value)
+    assert_nothing_stored(store)
+
+
+def test_raw_queue_refuses_regular_jobs(store: Store) -> None:
+    with pytest.raises(InvalidJob, match="raw queue"):
+        queue_job("tests.tasks.general.Echo", {}, queue="crawl_raw")
+    assert_nothing_stored(store)
+
+
+def test_unreachable_redis_at_enqueue_leaves_no_job(mrq_settings: Any) -> None:
+    settings = mrq_settings.replace(redis=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=1)
+    store = Store(settings)
+    try:
+        with pytest.raises(StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1:"):
+            queue_job("tests.tasks.general.Echo", {"x": 1}, store=store)
+        assert store.jobs.count_documents({}) == 0
+    finally:
+        store.close()
+
+
+def test_job_not_found(store: Store) -> None:
+    with pytest.raises(JobNotFound, match="no job with id"):
+        Job(ObjectId()).fetch()
+    with pytest.raises(JobNotFound, match="not-an-id"):
+        Job("not-an-id")
+    assert get_job_result(ObjectId()) is None
+
+
+# --- acting on queued jobs -------------------------------------------------------------------
+
+
+def test_cancel_queued_job_removes_it_from_the_queue(store: Store) -> None:
+    keep, drop = queue_jobs("tests.tasks.general.Echo", [{"n": 1}, {"n": 2}])
+    assert Job(drop).cancel() is True
+    job = Job(drop).fetch()
+    assert job.status == "cancel" and job.data["dateexpires"] is not None
+    assert queued_ids(store) == [str(keep)]
+    assert Job(drop).cancel() is False  # already cancelled: nothing to do
+
+
+def test_requeue_a_cancelled_job(store: Store) -> None:
+    job_id = queue_job("tests.tasks.general.Echo", {})
+    Job(job_id).cancel()
+    Job(job_id).requeue()
+    job = Job(job_id).fetch()
+    assert job.status == "queued" and "dateexpires" not in job.data
+    assert queued_ids(store) == [str(job_id)]
+
+
+def test_requeue_a_queued_job_is_refused(store: Store) -> None:
+    job_id = queue_job("tests.tasks.general.Echo", {})
+    with pytest.raises(InvalidStatusTransition, match="is queued: nothing to requeue"):
+        Job(job_id).requeue()
+    assert queued_ids(store) == [str(job_id)]
+
+
+def test_get_job_result_and_wait_timeout(store: Store) -> None:
+    job_id = queue_job("tests.tasks.general.Echo", {})
+    assert get_job_result(job_id) == {"status": "queued"}
+    from mrq.job import JobWaitTimeout
+
+    with pytest.raises(JobWaitTimeout, match=r"still queued after 0\.2s"):
+        Job(job_id).wait(timeout=0.2, poll_interval=0.05)

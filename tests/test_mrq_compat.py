@@ -1,0 +1,82 @@
+"""MRQ 0.9 task code runs unchanged, in a worker and through mrq-run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bson import ObjectId
+
+from mrq.job import Job, queue_job
+from mrq.store import Store
+from mrq.testing.workers import run_command
+from tests.test_worker import wait_status
+
+MODULE = "tests.tasks.mrq_style"
+
+
+def test_mrq_style_module_in_a_worker(store: Store, worker_factory: Any) -> None:
+    worker_factory("--greenlets", "3")
+    job_id = queue_job(f"{MODULE}.Crawl", {"pages": ["a", "b", "c"]})
+    data = wait_status(job_id, "success")
+    assert data["result"]["pages"] == ["A", "B", "C"]
+    child = wait_status(ObjectId(data["result"]["child"]), "success")
+    assert child["result"] == {"parent": str(job_id)}
+    assert store.redis.get(f"{store.keys.prefix}:crawls") == b"1"
+    logs = "".join(d["logs"] for d in store.logs.find({"job": job_id}))
+    assert "crawling 3 pages" in logs and "fetched b" in logs  # subpool lines are the job's lines
+
+    flaky = queue_job(f"{MODULE}.Flaky", {})
+    assert wait_status(flaky, "success")["retry_count"] == 1
+    assert wait_status(queue_job(f"{MODULE}.Flaky", {"abort": True}), "abort")["exceptiontype"] == "AbortInterrupt"
+
+
+def test_mrq_run_in_the_foreground(store: Store, mrq_settings: Any) -> None:
+    done = run_command(mrq_settings, "mrq.cli.run", [f"{MODULE}.Crawl", json.dumps({"pages": ["x"]})])
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["pages"] == ["X"]
+    assert Job(result["child"]).fetch().status == "queued"  # queue_job from inside works
+
+
+def test_mrq_run_key_value_params_and_plain_function(store: Store, mrq_settings: Any) -> None:
+    done = run_command(mrq_settings, "mrq.cli.run", ["tests.tasks.general.Echo", "a", "1", "b", "two"])
+    assert done.returncode == 0 and json.loads(done.stdout) == {"a": "1", "b": "two"}
+
+
+def test_mrq_run_queue_mode_prints_the_id(store: Store, mrq_settings: Any) -> None:
+    done = run_command(mrq_settings, "mrq.cli.run", ["--queue", "later", "tests.tasks.general.Add", '{"a": 1, "b": 2}'])
+    assert done.returncode == 0, done.stderr
+    job = Job(done.stdout.strip()).fetch()
+    assert job.status == "queued" and job.queue == "later" and job.params == {"a": 1, "b": 2}
+
+
+def test_mrq_run_needs_no_store_for_a_pure_task(mrq_settings: Any) -> None:
+    from mrq.testing.stack import free_port
+
+    env = {"MRQ_REDIS": f"redis://127.0.0.1:{free_port()}/0",
+           "MRQ_MONGODB_JOBS": f"mongodb://127.0.0.1:{free_port()}/x"}
+    done = run_command(mrq_settings, "mrq.cli.run", ["tests.tasks.general.add", '{"a": 2, "b": 3}'], env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "5"
+
+
+def one_line_error(done: Any, code: int, *fragments: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mrq-run: ")
+    for fragment in fragments:
+        assert fragment in last
+
+
+def test_mrq_run_bad_inputs(store: Store, mrq_settings: Any) -> None:
+    run = lambda *args: run_command(mrq_settings, "mrq.cli.run", list(args))  # noqa: E731
+    one_line_error(run("tests.tasks.general.Add", '{"a": 1,'), 2, "not valid JSON")
+    one_line_error(run("tests.tasks.general.Add", "[1, 2]"), 2, "must be a JSON object")
+    one_line_error(run("tests.tasks.general.Add", "a", "1", "b"), 2, "key value pairs", "'b' has no value")
+    one_line_error(run("not-a-path"), 2, "dotted Python path")
+    one_line_error(run("tests.tasks.general.Nope"), 4, "no task tests.tasks.general.Nope")
+    one_line_error(run("tests.tasks.broken_import.X"), 4, "raised RuntimeError: this module is broken on purpose")
+    one_line_error(run("tests.tasks.general.Fail", '{"message": "bad"}'), 1, "raised ValueError: bad")
+    one_line_error(run("tests.tasks.general.ReturnObject"), 1, "not JSON-serialisable")
+    one_line_error(run("--queue", "bad queue", "tests.tasks.general.Add"), 2, "contains ' '")
+    assert store.jobs.count_documents({}) == 0

@@ -1,0 +1,262 @@
+"""The worker end to end, as real `mrq-worker` processes: every status, results, tracebacks,
+logs, progress, parallelism, no prefetch, limits, and bad jobs that must not stop it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from mrq.job import Job, queue_job, queue_jobs
+from mrq.store import Store
+from mrq.testing.workers import wait_until
+
+TASKS = "tests.tasks.general"
+
+
+def wait_status(job_id: Any, statuses: str | tuple[str, ...], timeout: float = 20.0) -> dict[str, Any]:
+    wanted = (statuses,) if isinstance(statuses, str) else statuses
+
+    def reached() -> dict[str, Any] | None:
+        data = Job(job_id).fetch().data
+        assert data is not None
+        return data if data["status"] in wanted else None
+
+    try:
+        return wait_until(reached, timeout, interval=0.05, message=f"status {wanted}")
+    except TimeoutError:
+        raise AssertionError(f"job {job_id} is {Job(job_id).fetch().status}, expected {wanted}") from None
+
+
+def test_success_stores_result_timings_and_logs(store: Store, worker_factory: Any) -> None:
+    worker_factory("--greenlets", "2")
+    job_id = queue_job(f"{TASKS}.Add", {"a": 40, "b": 2})
+    data = wait_status(job_id, "success")
+    assert data["result"] == 42
+    assert data["datestarted"] <= data["datefinished"]
+    assert data["totaltime"] >= 0 and data["dateexpires"] > data["datefinished"]
+    assert data["worker"] is not None
+    # the running set is empty once the final status is stored
+    wait_until(lambda: not store.redis.keys(f"{{{store.keys.prefix}:q:default}}:running:*") or
+               all(store.redis.scard(k) == 0 for k in store.redis.keys(f"{{{store.keys.prefix}:q:default}}:running:*")),
+               message="running set emptied")
+    logs = wait_until(lambda: list(store.logs.find({"job": job_id})), message="job logs stored")
+    assert "adding 40 and 2" in logs[0]["logs"]
+
+
+def test_plain_function_task(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    assert wait_status(queue_job(f"{TASKS}.add", {"a": 1, "b": 2}), "success")["result"] == 3
+
+
+def test_failed_stores_traceback_and_type(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    data = wait_status(queue_job(f"{TASKS}.Fail", {"message": "boom"}), "failed")
+    assert data["exceptiontype"] == "ValueError"
+    assert "ValueError: boom" in data["traceback"] and "general.py" in data["traceback"]
+    assert data["traceback_history"][-1]["status"] == "failed"
+
+
+def test_unknown_task_fails_and_worker_keeps_going(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    bad = queue_job(f"{TASKS}.DoesNotExist", {})
+    broken = queue_job("tests.tasks.broken_import.Anything", {})
+    missing_module = queue_job("tests.tasks.nope.Task", {})
+    good = queue_job(f"{TASKS}.Add", {"a": 1, "b": 1})
+    data = wait_status(bad, "failed")
+    assert data["exceptiontype"] == "TaskNotFound"
+    assert f"no task {TASKS}.DoesNotExist" in data["traceback"]
+    data = wait_status(broken, "failed")
+    assert data["exceptiontype"] == "TaskImportError"
+    assert "this module is broken on purpose" in data["traceback"]
+    assert "no module named 'tests.tasks.nope'" in wait_status(missing_module, "failed")["traceback"]
+    assert wait_status(good, "success")["result"] == 2
+
+
+def test_unstorable_result_fails_with_reason(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    data = wait_status(queue_job(f"{TASKS}.ReturnObject", {}), "failed")
+    assert data["exceptiontype"] == "InvalidResult"
+    assert "cannot be stored in MongoDB" in data["traceback"]
+
+
+def test_timeout_kills_a_task_that_catches_exception(store: Store, worker_factory: Any) -> None:
+    worker_factory("--greenlets", "2", env={"MRQ_TASKS": json.dumps({f"{TASKS}.CatchAllSleep": {"timeout": 1}})})
+    started = time.monotonic()
+    job_id = queue_job(f"{TASKS}.CatchAllSleep", {"seconds": 30})
+    other = queue_job(f"{TASKS}.Add", {"a": 1, "b": 1})
+    data = wait_status(job_id, "timeout", timeout=15)
+    assert time.monotonic() - started < 10
+    assert data["exceptiontype"] == "TimeoutInterrupt"
+    assert "result" not in data
+    assert wait_status(other, "success")["result"] == 2
+
+
+def test_retry_then_success(store: Store, worker_factory: Any) -> None:
+    worker_factory("--greenlets", "2")
+    job_id = queue_job(f"{TASKS}.Retry", {"succeed_after": 2, "delay": 0})
+    data = wait_status(job_id, "success")
+    assert data["result"] == 2 and data["retry_count"] == 2
+    assert [h["status"] for h in data["traceback_history"]] == ["retry", "retry"]
+
+
+def test_retry_with_delay_waits_then_runs(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    job_id = queue_job(f"{TASKS}.Retry", {"succeed_after": 1, "delay": 2})
+    data = wait_status(job_id, "retry")
+    due = data["dateretry"]
+    assert 1.9 <= (due - data["datestarted"]).total_seconds() <= 3
+    assert store.redis.zscore(store.keys.queue_delayed("default"), str(job_id)) is not None
+    data = wait_status(job_id, "success", timeout=15)
+    # not before it was due, and soon after (the idle worker sleeps until then, no sweep)
+    late = (data["datestarted"] - due).total_seconds()
+    assert -0.01 <= late < 1.5, late
+    assert data["result"] == 1
+
+
+def test_maxretries_keeps_the_original_error(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    data = wait_status(queue_job(f"{TASKS}.RetryOnError", {"max_retries": 1, "delay": 0}), "maxretries")
+    assert data["retry_count"] == 1
+    assert data["exceptiontype"] == "MaxRetriesInterrupt"
+    assert "ConnectionError: remote down" in data["traceback"]
+
+
+def test_abort(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    data = wait_status(queue_job(f"{TASKS}.Abort", {}), "abort")
+    assert data["exceptiontype"] == "AbortInterrupt"
+
+
+def test_cancelled_job_never_runs(store: Store, worker_factory: Any) -> None:
+    cancelled = queue_job(f"{TASKS}.RecordExecution", {})
+    kept = queue_job(f"{TASKS}.RecordExecution", {})
+    assert Job(cancelled).cancel()
+    # also put the cancelled id back on the queue by hand: the worker must still skip it
+    store.redis.lpush(store.keys.queue_ids("default"), str(cancelled))
+    worker_factory()
+    wait_status(kept, "success")
+    assert Job(cancelled).fetch().status == "cancel"
+    assert store.connections.mongodb_jobs.executions.count_documents({"_id": cancelled}) == 0
+
+
+def test_progress_is_saved_while_running(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    job_id = queue_job(f"{TASKS}.Progress", {"steps": 10, "step_seconds": 0.3})
+    mid = wait_until(lambda: (Job(job_id).fetch().data or {}).get("progress"), timeout=10, message="progress saved")
+    assert 0 < mid < 1
+    assert wait_status(job_id, "success")["progress"] == 1
+
+
+def test_logs_survive_unicode_and_bytes(store: Store, worker_factory: Any) -> None:
+    worker_factory()
+    job_id = queue_job(f"{TASKS}.Logs", {"lines": ["first", "café ☃"]})
+    wait_status(job_id, "success")
+    text = wait_until(lambda: "\n".join(d["logs"] for d in store.logs.find({"job": job_id})).count("\n") >= 3
+                      and "\n".join(d["logs"] for d in store.logs.find({"job": job_id})), message="4 log lines")
+    assert "first" in text and "café ☃" in text
+    assert "bytes message é" in text and "unicode ☃ 😀" in text
+
+
+def test_logs_off_with_mongodb_logs_0(store: Store, worker_factory: Any) -> None:
+    worker = worker_factory(env={"MRQ_MONGODB_LOGS": "0"})
+    job_id = queue_job(f"{TASKS}.Logs", {"lines": ["not stored"]})
+    wait_status(job_id, "success")
+    worker.stop()
+    assert store.logs.count_documents({}) == 0
+    assert "not stored" in worker.output()  # still echoed by the worker
+
+
+def test_hundred_one_second_jobs_run_in_parallel(store: Store, worker_factory: Any) -> None:
+    ids = queue_jobs(f"{TASKS}.Sleep", [{"seconds": 1}] * 100)
+    started = time.monotonic()
+    worker_factory("--greenlets", "50")
+    wait_until(lambda: store.jobs.count_documents({"status": "success"}) == 100, timeout=30, message="100 done")
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed
+    assert len(ids) == 100
+
+
+def test_no_prefetch_beyond_free_greenlets(store: Store, worker_factory: Any) -> None:
+    busy = worker_factory("--greenlets", "2")
+    long_jobs = queue_jobs(f"{TASKS}.Sleep", [{"seconds": 10}, {"seconds": 10}])
+    for job_id in long_jobs:
+        wait_status(job_id, "started")
+    waiting = queue_job(f"{TASKS}.Add", {"a": 1, "b": 1})
+    time.sleep(1.0)  # give the busy worker every chance to (wrongly) take it
+    assert Job(waiting).fetch().status == "queued"
+    assert store.redis.lrange(store.keys.queue_ids("default"), 0, -1) == [str(waiting).encode()]
+    idle_started = time.monotonic()
+    worker_factory("--greenlets", "2")
+    data = wait_status(waiting, "success", timeout=10)
+    assert time.monotonic() - idle_started < 8
+    assert data["worker"] != Job(long_jobs[0]).fetch().data["worker"]
+    busy.kill()
+
+
+def test_queue_priority_order(store: Store, worker_factory: Any) -> None:
+    low = queue_jobs(f"{TASKS}.RecordExecution", [{}] * 5, queue="low")
+    high = queue_jobs(f"{TASKS}.RecordExecution", [{}] * 5, queue="high")
+    worker_factory("--greenlets", "1", "high", "low")
+    wait_until(lambda: store.jobs.count_documents({"status": "success"}) == 10, timeout=20, message="all done")
+    started = sorted(store.jobs.find({}), key=lambda d: d["datestarted"])
+    assert [d["_id"] for d in started[:5]] == high
+    assert [d["_id"] for d in started[5:]] == low
+
+
+def test_max_jobs_exits_cleanly(store: Store, worker_factory: Any) -> None:
+    queue_jobs(f"{TASKS}.Add", [{"a": 1, "b": 1}] * 5)
+    worker = worker_factory("--max_jobs", "3", "--greenlets", "2")
+    assert worker.wait(20) == 0
+    assert store.jobs.count_documents({"status": "success"}) == 3
+    assert store.jobs.count_documents({"status": "queued"}) == 2
+
+
+def test_max_time_exits_cleanly(store: Store, worker_factory: Any) -> None:
+    worker = worker_factory("--max_time", "1")
+    started = time.monotonic()
+    assert worker.wait(20) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_burst_exits_when_queues_are_empty(store: Store, worker_factory: Any) -> None:
+    queue_jobs(f"{TASKS}.Add", [{"a": 1, "b": 1}] * 20)
+    worker = worker_factory("--dequeue_strategy", "burst", "--greenlets", "5", wait=False)
+    assert worker.wait(30) == 0
+    assert store.jobs.count_documents({"status": "success"}) == 20
+
+
+def test_worker_rejects_bad_queue_and_unreachable_store(store: Store, worker_factory: Any,
+                                                        mrq_settings: Any) -> None:
+    worker = worker_factory("bad queue", wait=False)
+    assert worker.wait(20) == 2
+    assert "contains ' '" in worker.output()
+    from mrq.testing.stack import free_port
+
+    worker = worker_factory(wait=False, env={"MRQ_REDIS": f"redis://:pw-secret@127.0.0.1:{free_port()}/0",
+                                             "MRQ_REDIS_TIMEOUT": "1"})
+    assert worker.wait(20) == 3
+    output = worker.output()
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in output and "pw-secret" not in output
+    assert "Traceback" not in output
+
+
+def test_worker_help_is_complete(store: Store, mrq_settings: Any) -> None:
+    from mrq.testing.workers import run_command
+
+    done = run_command(mrq_settings, "mrq.cli.worker", ["--help"])
+    assert done.returncode == 0
+    for flag in ("--greenlets", "--gevent", "--max_jobs", "--max_time", "--dequeue_strategy", "--redis",
+                 "--mongodb_jobs", "--config", "--redis_prefix", "--name", "--log_level"):
+        assert flag in done.stdout
+
+
+@pytest.mark.parametrize("args", [["--greenlets", "abc"], ["--nope"], ["--dequeue_strategy", "fast"]])
+def test_worker_bad_flags_exit_2_with_one_line(store: Store, mrq_settings: Any, args: list[str]) -> None:
+    from mrq.testing.workers import run_command
+
+    done = run_command(mrq_settings, "mrq.cli.worker", args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("mrq-worker: ") and done.stderr.count("\n") == 1
