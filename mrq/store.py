@@ -111,3 +111,8 @@ class Store:
 
     def close(self) -> None:
         self.connections.close()
+
+
+def strings(values: Any) -> list[str]:
+    """Redis replies (bytes) as str."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-_NAMES = ("dequeue", "requeue_running")
+_NAMES = ("dequeue", "requeue_running", "lease", "expired_workers")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
 }
@@ -25,6 +25,8 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.dequeue: Script = client.register_script(_SOURCES["dequeue"])
         self.requeue_running: Script = client.register_script(_SOURCES["requeue_running"])
+        self.lease: Script = client.register_script(_SOURCES["lease"])
+        self.expired_workers: Script = client.register_script(_SOURCES["expired_workers"])
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()

@@ -43,7 +43,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -348,6 +348,35 @@ class FastCollection(Collection):
         return table
 
 
+def _expire(documents: dict[Any, Doc], index: Doc) -> None:
+    """Delete the documents of a single-field TTL index whose (earliest) date is past expiry."""
+    try:
+        cutoff = datetime.now(UTC) - timedelta(seconds=float(index["expireAfterSeconds"]))
+    except (TypeError, ValueError, OverflowError):
+        return
+    field, pfe, naive_cutoff = index["key"][0][0], index.get("partialFilterExpression"), cutoff.replace(tzinfo=None)
+    expired = []
+    for key, doc in documents.items():
+        value = doc.get(field) if "." not in field else helpers.get_value_by_dot(doc, field)
+        if type(value) is datetime and value.tzinfo is None:  # the common case, fast
+            if value > naive_cutoff:
+                continue
+        elif isinstance(value, (datetime, list)):  # aware dates, arrays: the earliest date counts
+            dates = [v if v.tzinfo else v.replace(tzinfo=UTC) for v in _as_list(value) if isinstance(v, datetime)]
+            if not dates or min(dates) > cutoff:
+                continue
+        else:
+            continue
+        if pfe is None or filtering.filter_applies(pfe, doc):
+            expired.append(key)
+    for key in expired:
+        del documents[key]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def _bson_size(doc: Doc) -> int:
     return len(bson.encode(doc))
 
@@ -473,8 +502,8 @@ class Engine:
         for db_store in list(self.client._store._databases.values()):
             for cstore in list(db_store._collections.values()):
                 for index in list(cstore.indexes.values()):
-                    if index.get("expireAfterSeconds") is not None:
-                        cstore._expire_documents(index)
+                    if index.get("expireAfterSeconds") is not None and len(index["key"]) == 1:
+                        _expire(cstore._documents, index)
         deadline = time.monotonic() - CURSOR_TIMEOUT
         for cursor in [c for c in self.cursors.values() if c.last_used < deadline]:
             del self.cursors[cursor.id]
@@ -930,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.host, args.port)
     except KeyboardInterrupt:
         return 0
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         print(f"mongo_server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,8 +38,11 @@ from ..exceptions import ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..joblogs import JobLogHandler
 from ..queue import RegularQueue
 from ..store import Store
+from . import recovery
 from .execution import Outcome, RunningJob, execute
+from .lease import LeaseKeeper
 from .notify import NotificationListener
+from .report import build_report, memory_mb
 from .writer import StatusWriter
 
 log = logging.getLogger("mrq.worker")
@@ -71,6 +74,9 @@ class Worker:
         self.status = "init"
         self.done_jobs = 0
         self.started_jobs = 0
+        self.recovered_jobs = 0
+        self.datestarted = utcnow()
+        self.lease: LeaseKeeper | None = None
         self.exitcode = EXIT_OK
         self.graceful_stop = False
         self.shutdown_now = False
@@ -106,24 +112,33 @@ class Worker:
             self._log_handler = JobLogHandler(logs, self.settings.default_job_ttl)
             logging.getLogger("mrq.current").addHandler(self._log_handler)
             self._service_greenlets.append(gevent.spawn(self._flush_logs_forever))
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.sadd(self.store.keys.worker_queues(self.id), *[q.name for q in self.queues])
-        pipe.zadd(self.store.keys.workers, {self.id: time.time() + self.settings.worker_lease})
-        pipe.execute()
+        self.register()
+        self.lease = LeaseKeeper(self.settings, self.id)
+        self.lease.start()
         keys = self.store.keys
         self._listener = NotificationListener(
             self.store.redis, [keys.notify_channel(q.name) for q in self.queues], [], self.wake, self._note_due
         )
         self._listener.start()
         self._service_greenlets.append(gevent.spawn(self._save_progress_forever))
+        self._service_greenlets.append(gevent.spawn(self._recover_forever))
+        self._service_greenlets.append(gevent.spawn(self._report_forever))
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
                  " ".join(q.name for q in self.queues), self.settings.greenlets)
+
+    def register(self) -> None:
+        """Take the lease and record the queues where this worker will hold running ids."""
+        keys = self.store.keys
+        self.store.scripts.lease(keys=[keys.workers], args=[self.id, "register", self.settings.worker_lease])
+        self.store.redis.sadd(keys.worker_queues(self.id), *[q.name for q in self.queues])
 
     def finish(self) -> None:
         self.set_status("join")
         if self.shutdown_now:
             self._interrupt_running()
-        self.pool.join(timeout=30)
+            self.pool.join(timeout=30)
+        else:
+            self.pool.join()  # a second SIGINT or a SIGTERM interrupts the jobs and ends this wait
         self.writer.wait_idle(timeout=60)
         if self._listener is not None:
             self._listener.stop()
@@ -132,15 +147,18 @@ class Worker:
         self._flush_logs()
         if self._log_handler is not None:
             logging.getLogger("mrq.current").removeHandler(self._log_handler)
-        try:
-            pipe = self.store.redis.pipeline(transaction=False)
-            if not self.running:
-                pipe.zrem(self.store.keys.workers, self.id)
-                pipe.delete(self.store.keys.worker_queues(self.id))
-            pipe.execute()
-        except Exception as exc:  # the lease expires by itself if Redis is gone
-            log.warning("could not unregister the worker: %s", exc)
+        clean = not self.running and self.writer.backlog == 0
+        if self.lease is not None:
+            # Jobs still running (stuck in C code...) keep their ids in the running sets: the lease
+            # then expires and another worker recovers them.
+            self.lease.stop(release=clean)
+        if clean:
+            try:
+                self.store.redis.delete(self.store.keys.worker_queues(self.id))
+            except Exception as exc:
+                log.warning("could not unregister the worker: %s", exc)
         self.set_status("stop")
+        self.report()
         log.info("worker %s stopped after %d jobs", self.name, self.done_jobs)
         current.set_current_worker(None)
 
@@ -423,6 +441,45 @@ class Worker:
             self._logs_wake.clear()
             self._flush_logs()
             gevent.sleep(0.05)  # let the lines of jobs ending together share one insert
+
+    def _recover_forever(self) -> None:
+        """Give back the jobs of workers whose lease expired; re-register if ours was lost."""
+        interval = max(0.5, min(self.settings.worker_lease / 3.0, 5.0))
+        while True:
+            try:
+                if self.lease is not None and self.lease.reregistered:
+                    self.lease.reregistered = False
+                    self._restore_running_sets()
+                self.recovered_jobs += recovery.recover_expired(self.store, self.id, self.settings.max_recoveries)
+            except Exception as exc:
+                log.warning("recovering dead workers' jobs failed (%s); will retry", exc)
+            gevent.sleep(interval)
+
+    def _restore_running_sets(self) -> None:
+        """Our lease entry was gone: put our registration and running ids back."""
+        log.error("this worker's lease had expired or Redis lost its data: its running jobs may have been "
+                  "recovered by another worker and run twice; registering again")
+        self.register()
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job in list(self.running.values()):
+            pipe.sadd(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
+        pipe.execute()
+
+    def report(self) -> None:
+        try:
+            self.store.workers.update_one({"_id": self.oid}, {"$set": build_report(self)}, upsert=True)
+        except Exception as exc:
+            log.debug("writing the worker report failed: %s", exc)
+
+    def _report_forever(self) -> None:
+        while True:
+            self.report()
+            max_memory = self.settings.max_memory
+            if max_memory and not self.graceful_stop and memory_mb() > max_memory:
+                log.warning("memory %.0f MB is over --max_memory %d MB: finishing running jobs and exiting",
+                            memory_mb(), max_memory)
+                self.stop()
+            gevent.sleep(self.settings.report_interval)
 
     def _save_progress_forever(self) -> None:
         while True:
