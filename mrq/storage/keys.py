@@ -89,6 +89,12 @@ class Keys:
         return f"{self.prefix}:worker:{worker_id}:queues"
 
     @property
+    def epoch(self) -> str:
+        """STRING set once per Redis dataset (SET NX). When a worker finds it missing, Redis was
+        emptied: that worker puts back the waiting jobs MongoDB knows about."""
+        return f"{self.prefix}:epoch"
+
+    @property
     def paused_queues(self) -> str:
         """SET of paused queue names."""
         return f"{self.prefix}:paused"

@@ -29,7 +29,7 @@ from bson import ObjectId
 from greenlet import getcurrent
 from pymongo import UpdateOne
 
-from .. import current
+from .. import current, maintenance
 from .. import job as jobs
 from ..backoff import retry_through_outage
 from ..clock import utcnow
@@ -107,6 +107,9 @@ class Worker:
     def init(self) -> None:
         self.install_signal_handlers()
         self.store.connections.check()
+        if self.settings.ensure_indexes:
+            created = maintenance.ensure_all_indexes(self.store)
+            log.info("indexes: %s", ", ".join(created) if created else "all present")
         logs = self.store.logs
         if logs is not None:
             self._log_handler = JobLogHandler(logs, self.settings.default_job_ttl)
@@ -450,10 +453,18 @@ class Worker:
                 if self.lease is not None and self.lease.reregistered:
                     self.lease.reregistered = False
                     self._restore_running_sets()
+                self._check_epoch()
                 self.recovered_jobs += recovery.recover_expired(self.store, self.id, self.settings.max_recoveries)
             except Exception as exc:
                 log.warning("recovering dead workers' jobs failed (%s); will retry", exc)
             gevent.sleep(interval)
+
+    def _check_epoch(self) -> None:
+        """If Redis lost its data (the epoch key is gone), the first worker to notice puts every
+        waiting job MongoDB knows about back into Redis."""
+        if self.store.redis.set(self.store.keys.epoch, self.id, nx=True):
+            log.warning("Redis has no mrq epoch key (new or emptied): putting back the waiting jobs from MongoDB")
+            maintenance.requeue_lost_jobs(self.store, min_age=0)
 
     def _restore_running_sets(self) -> None:
         """Our lease entry was gone: put our registration and running ids back."""

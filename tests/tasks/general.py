@@ -112,3 +112,10 @@ class RecordExecution(Task):
 def add(a, b):
     """A plain function task."""
     return a + b
+
+
+class Exit(Task):
+    """Kills its worker process (a poison job)."""
+
+    def run(self, params):
+        os._exit(params.get("code", 1))
