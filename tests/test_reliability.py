@@ -226,3 +226,26 @@ def test_mongodb_restarted_empty_workers_reconnect(mrq_settings: Settings, own_m
         assert worker.running
     finally:
         current.reset()
+
+
+def test_frozen_redis_is_waited_for(mrq_settings: Settings, own_redis: RedisServer, worker_factory: Any) -> None:
+    settings = mrq_settings.replace(redis=own_redis.url)
+    store = current.set_current_config(settings)
+    try:
+        ids = queue_jobs(RECORD, [{"seconds": 0.2}] * 60)
+        worker = worker_factory("--greenlets", "5", settings=settings, env={"MRQ_REDIS_TIMEOUT": "2"})
+        wait_until(lambda: store.jobs.count_documents({"status": "success"}) >= 5, 20, message="first jobs done")
+        process = psutil.Process(worker.pid)
+        cpu_before = sum(process.cpu_times()[:2])
+        own_redis.freeze()
+        time.sleep(6)
+        cpu_frozen = sum(process.cpu_times()[:2]) - cpu_before
+        own_redis.thaw()
+        assert worker.running
+        assert cpu_frozen < 3, f"worker used {cpu_frozen:.1f}s of CPU while Redis was frozen (busy loop?)"
+        wait_all(store, ids, timeout=90)
+        # shorter than the lease (15 s): nothing was recovered, so nothing ran twice
+        assert sum(executions(store).values()) == 60
+        assert "retrying with backoff" in worker.output()
+    finally:
+        current.reset()

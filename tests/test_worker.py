@@ -260,3 +260,33 @@ def test_worker_bad_flags_exit_2_with_one_line(store: Store, mrq_settings: Any, 
     done = run_command(mrq_settings, "mrq.cli.worker", args)
     assert done.returncode == 2
     assert done.stderr.startswith("mrq-worker: ") and done.stderr.count("\n") == 1
+
+
+def test_worker_report_shows_running_jobs_and_ends_as_stop(store: Store, worker_factory: Any) -> None:
+    worker = worker_factory("--greenlets", "3", "--report_interval", "0.2", "--name", "reporter")
+    ids = queue_jobs(f"{TASKS}.Sleep", [{"seconds": 3}] * 2)
+
+    def busy_report() -> dict[str, Any] | None:
+        report = store.workers.find_one({"name": "reporter"})
+        return report if report and report["greenlets"]["busy"] == 2 else None
+
+    report = wait_until(busy_report, timeout=10, message="report with 2 busy greenlets")
+    assert report["status"] in ("wait", "spawn", "full")
+    assert report["greenlets"] == {"busy": 2, "total": 3}
+    assert report["pid"] == worker.pid and report["queues"] == ["default"]
+    assert sorted(j["id"] for j in report["jobs"]) == sorted(ids)
+    assert all(j["path"] == f"{TASKS}.Sleep" and j["datestarted"] is not None for j in report["jobs"])
+    assert report["process"]["rss_mb"] > 10
+    worker.send(__import__("signal").SIGINT)
+    assert worker.wait(20) == 0
+    final = store.workers.find_one({"name": "reporter"})
+    assert final["status"] == "stop" and final["done_jobs"] == 2 and final["jobs"] == []
+
+
+def test_max_memory_makes_the_worker_exit_cleanly(store: Store, worker_factory: Any) -> None:
+    job_id = queue_job(f"{TASKS}.Sleep", {"seconds": 1})
+    worker = worker_factory("--max_memory", "1", "--report_interval", "0.2")
+    assert worker.wait(20) == 0
+    assert "is over --max_memory 1 MB" in worker.output()
+    # the job it had taken was finished, not abandoned
+    assert Job(job_id).fetch().status in ("success", "queued")

@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 import gevent
@@ -31,13 +30,13 @@ from pymongo import UpdateOne
 
 from .. import current, maintenance
 from .. import job as jobs
-from ..backoff import retry_through_outage
+from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
 from ..exceptions import ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..joblogs import JobLogHandler
 from ..queue import RegularQueue
-from ..store import Store
+from ..store import Store, strings
 from . import recovery
 from .execution import Outcome, RunningJob, execute
 from .lease import LeaseKeeper
@@ -136,7 +135,7 @@ class Worker:
         self.store.redis.sadd(keys.worker_queues(self.id), *[q.name for q in self.queues])
 
     def finish(self) -> None:
-        self.set_status("join")
+        self.set_status("kill" if self.shutdown_now else "join")
         if self.shutdown_now:
             self._interrupt_running()
             self.pool.join(timeout=30)
@@ -191,6 +190,7 @@ class Worker:
         self.graceful_stop = True
         if now:
             self.shutdown_now = True
+            self.set_status("kill")
             gevent.spawn(self._interrupt_running)
         self.wake.set()
 
@@ -258,8 +258,24 @@ class Worker:
         for queue in self.active_queues():
             if free <= 0:
                 break
-            ids, due = retry_through_outage(partial(queue.dequeue, free, self.id), "Redis dequeue", log,
-                                            give_up=lambda: self.graceful_stop)
+            failures = 0
+
+            def attempt(queue: RegularQueue = queue, count: int = free) -> tuple[list[str], float | None]:
+                nonlocal failures
+                try:
+                    return queue.dequeue(count, self.id)
+                except STORE_ERRORS:
+                    failures += 1
+                    raise
+
+            try:
+                ids, due = retry_through_outage(attempt, "Redis dequeue", log, give_up=lambda: self.graceful_stop)
+            except STORE_ERRORS:
+                break  # stopping during an outage: take nothing more
+            if failures:
+                # A call that timed out on our side may still have run on the server: its ids
+                # would sit in our running set, unknown to us. Take them now.
+                ids += self._unknown_running_ids(queue, ids)
             if due is not None and (next_due is None or due < next_due):
                 next_due = due
             if ids:
@@ -268,6 +284,14 @@ class Worker:
         if free > 0:
             self._next_due = next_due
         return taken
+
+    def _unknown_running_ids(self, queue: RegularQueue, just_taken: list[str]) -> list[str]:
+        members = strings(self.store.redis.smembers(self.store.keys.queue_running(queue.name, self.id)))
+        known = set(self.running) | self.writer.pending_ids() | set(just_taken)
+        unknown = [job_id for job_id in members if job_id not in known]
+        if unknown:
+            log.warning("taking %d job ids found in this worker's running set after a Redis timeout", len(unknown))
+        return unknown
 
     def start_jobs(self, taken: list[tuple[RegularQueue, list[str]]]) -> None:
         """Mark the taken jobs started (one guarded update for all), load them, run them."""
@@ -287,6 +311,8 @@ class Worker:
         found = {str(doc["_id"]): doc for doc in docs}
         not_ours: dict[str, list[str]] = {}
         for job_id, queue in queue_of.items():
+            if job_id in self.running:
+                continue  # a duplicate of an id we are running: its running-set entry is that job's
             doc = found.get(job_id)
             if doc is None or doc.get("status") != jobs.STARTED or doc.get("worker") != self.oid \
                     or job_id in self.running:
@@ -380,10 +406,7 @@ class Worker:
             fields["status"] = jobs.QUEUED
             fields["datequeued"] = now
 
-        def write() -> bool:
-            return self.store.jobs.update_one(guard, update).matched_count == 1
-
-        if not retry_through_outage(write, "MongoDB retry write", log):
+        if not self._write_once(guard, update, "MongoDB retry write"):
             self._ack_one(job)
             return
 
@@ -401,17 +424,13 @@ class Worker:
         fields = update["$set"]
         del fields["dateexpires"]
 
-        def write() -> bool:
-            if self.store.jobs.update_one(guard, update).matched_count != 1:
-                return False
-            self.store.jobs.update_one(
+        requeue = self._write_once(guard, update, "MongoDB interrupt write", maximum=1.0)
+        if requeue:
+            retry_through_outage(lambda: self.store.jobs.update_one(
                 {"_id": job.id, "status": jobs.INTERRUPT},
                 {"$set": {"status": jobs.QUEUED, "datequeued": utcnow(), "dateupdated": utcnow()},
                  "$unset": {"datefinished": ""}},
-            )
-            return True
-
-        requeue = retry_through_outage(write, "MongoDB interrupt write", log, give_up=lambda: False, maximum=1.0)
+            ), "MongoDB requeue write", log, maximum=1.0)
 
         def move() -> None:
             keys = self.store.keys
@@ -424,6 +443,22 @@ class Worker:
             self.store.redis.publish(keys.notify_channel(job.source_queue), "1")
 
         retry_through_outage(move, "Redis requeue", log, maximum=1.0)
+
+    def _write_once(self, guard: dict[str, Any], update: dict[str, Any], what: str, maximum: float = 5.0) -> bool:
+        """Apply a guarded update through an outage. True when it applied, including when an
+        attempt that failed on our side (a timeout) had in fact applied on the server."""
+        attempts = 0
+        marker = update["$set"]["dateupdated"]
+
+        def write() -> bool:
+            nonlocal attempts
+            attempts += 1
+            if self.store.jobs.update_one(guard, update).matched_count == 1:
+                return True
+            return attempts > 1 and self.store.jobs.count_documents(
+                {"_id": guard["_id"], "worker": self.oid, "dateupdated": marker}, limit=1) == 1
+
+        return retry_through_outage(write, what, log, maximum=maximum)
 
     def _ack_one(self, job: RunningJob) -> None:
         self.store.redis.srem(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
@@ -463,7 +498,7 @@ class Worker:
         """If Redis lost its data (the epoch key is gone), the first worker to notice puts every
         waiting job MongoDB knows about back into Redis."""
         if self.store.redis.set(self.store.keys.epoch, self.id, nx=True):
-            log.warning("Redis has no mrq epoch key (new or emptied): putting back the waiting jobs from MongoDB")
+            log.info("Redis has no mrq epoch key (new or emptied): checking MongoDB for waiting jobs to put back")
             maintenance.requeue_lost_jobs(self.store, min_age=0)
 
     def _restore_running_sets(self) -> None:

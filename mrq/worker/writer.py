@@ -31,6 +31,7 @@ class StatusWriter:
         self.store = store
         self.worker_id = worker_id
         self._pending: list[tuple[UpdateOne, str, str]] = []
+        self._in_flight: list[tuple[UpdateOne, str, str]] = []
         self._greenlet: gevent.Greenlet | None = None
         self._idle = gevent.event.Event()
         self._idle.set()
@@ -44,6 +45,10 @@ class StatusWriter:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
 
+    def pending_ids(self) -> set[str]:
+        """Ids whose final status is queued, being written or being acknowledged."""
+        return {job_id for _, _, job_id in self._pending} | {job_id for _, _, job_id in self._in_flight}
+
     @property
     def backlog(self) -> int:
         return len(self._pending)
@@ -55,8 +60,10 @@ class StatusWriter:
     def _run(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            self._in_flight = batch
             self._write(batch)
             self._ack(batch)
+            self._in_flight = []
             self.flushes += 1
         self._idle.set()
 
