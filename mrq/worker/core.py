@@ -309,10 +309,11 @@ class Worker:
 
         docs = retry_through_outage(mark_started, "MongoDB job start", log)
         found = {str(doc["_id"]): doc for doc in docs}
+        pending = self.writer.pending_ids()
         not_ours: dict[str, list[str]] = {}
         for job_id, queue in queue_of.items():
-            if job_id in self.running:
-                continue  # a duplicate of an id we are running: its running-set entry is that job's
+            if job_id in self.running or job_id in pending:
+                continue  # a duplicate of an id we are running or finishing: the running-set entry is that job's
             doc = found.get(job_id)
             if doc is None or doc.get("status") != jobs.STARTED or doc.get("worker") != self.oid \
                     or job_id in self.running:
@@ -352,10 +353,16 @@ class Worker:
             self.record(job, outcome)
         finally:
             current.set_current_job(None, me)
-            self.running.pop(job.key_id, None)
+            self._forget(job)
             self.done_jobs += 1
             if self._log_handler is not None and self._log_handler.pending:
                 self._logs_wake.set()
+
+    def _forget(self, job: RunningJob) -> None:
+        """Drop the job from the local running table (only this run of it: the same id may already
+        run again here after a retry)."""
+        if self.running.get(job.key_id) is job:
+            del self.running[job.key_id]
 
     def _slot_freed(self, _greenlet: gevent.Greenlet) -> None:
         self.wake.set()
@@ -410,9 +417,18 @@ class Worker:
             self._ack_one(job)
             return
 
+        self._forget(job)  # from here on, this id may be taken again, by this worker too
+        due = time.time() + retry.delay
+
         def move() -> None:
+            if retry.queue == job.source_queue:
+                # One atomic step: out of our running set, into the queue (or its delayed set).
+                self._move_running(job, "d" if retry.delay > 0 else "q", due)
+                return
+            # Another queue (another slot): push first, then leave our running set; a crash in
+            # between leaves a duplicate id, which workers skip, never a lost one.
             if retry.delay > 0:
-                target.push_delayed({job.key_id: time.time() + retry.delay})
+                target.push_delayed({job.key_id: due})
             else:
                 target.push([job.key_id])
             self._ack_one(job)
@@ -432,17 +448,9 @@ class Worker:
                  "$unset": {"datefinished": ""}},
             ), "MongoDB requeue write", log, maximum=1.0)
 
-        def move() -> None:
-            keys = self.store.keys
-            args: list[Any] = [job.key_id, "q" if requeue else "x", 0]
-            self.store.scripts.requeue_running(
-                keys=[keys.queue_ids(job.source_queue), keys.queue_running(job.source_queue, self.id),
-                      keys.queue_delayed(job.source_queue)],
-                args=args,
-            )
-            self.store.redis.publish(keys.notify_channel(job.source_queue), "1")
-
-        retry_through_outage(move, "Redis requeue", log, maximum=1.0)
+        self._forget(job)
+        retry_through_outage(lambda: self._move_running(job, "q" if requeue else "x", 0.0), "Redis requeue", log,
+                             maximum=1.0)
 
     def _write_once(self, guard: dict[str, Any], update: dict[str, Any], what: str, maximum: float = 5.0) -> bool:
         """Apply a guarded update through an outage. True when it applied, including when an
@@ -459,6 +467,18 @@ class Worker:
                 {"_id": guard["_id"], "worker": self.oid, "dateupdated": marker}, limit=1) == 1
 
         return retry_through_outage(write, what, log, maximum=maximum)
+
+    def _move_running(self, job: RunningJob, action: str, score: float) -> None:
+        """Atomically move a job id from our running set to the front of its queue ("q"), to its
+        delayed set ("d", at `score`), or nowhere ("x"); then wake the workers."""
+        keys = self.store.keys
+        queue = job.source_queue
+        self.store.scripts.requeue_running(
+            keys=[keys.queue_ids(queue), keys.queue_running(queue, self.id), keys.queue_delayed(queue)],
+            args=[job.key_id, action, repr(score)],
+        )
+        if action != "x":
+            self.store.redis.publish(keys.notify_channel(queue), "1" if action == "q" else f"at:{score:f}")
 
     def _ack_one(self, job: RunningJob) -> None:
         self.store.redis.srem(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
