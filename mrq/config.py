@@ -251,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("tasks", _parse_json(dict), {},
            "Per-task settings by path or path prefix: queue, timeout, result_ttl, max_retries, retry_delay, ...",
            cli=False),
-    Option("scheduler_tasks", _parse_json(list), [], "Scheduled tasks (see docs/configuration.md).", cli=False),
+    Option("scheduler_tasks", _parse_json(list), [], "Scheduled tasks (see docs/scheduler.md).", cli=False),
     Option("raw_queues", _parse_json(dict), {}, "Raw queue settings by queue name.", cli=False),
     Option("metric_hook", _parse_callable_or_path, None, "fn(name, incr=1, **kwargs) called for each metric.",
            cli=False),

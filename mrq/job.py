@@ -118,12 +118,15 @@ def queue_jobs(
     batch_size: int = 1000,
     *,
     store: Store | None = None,
+    ids: Sequence[ObjectId] | None = None,
 ) -> list[ObjectId]:
     """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
     pipeline per batch. Everything is validated before anything is stored.
 
     `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
-    current context's (see mrq.context.setup_context)."""
+    current context's (see mrq.context.setup_context). `ids` (one per params dict) are the job
+    ids to use instead of new ones; a job whose id exists already is not queued again and is left
+    out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
     store = store or _current_store()
     validate_task_path(path)
     queue = resolve_queue(store, path, queue)
@@ -132,13 +135,15 @@ def queue_jobs(
     if batch_size < 1:
         raise InvalidJob("batch_size must be >= 1")
     params_list = list(params_list)
+    if ids is not None and (len(ids) != len(params_list) or not all(isinstance(i, ObjectId) for i in ids)):
+        raise InvalidJob("ids must be one ObjectId per params dict")
     now = utcnow()
     docs = []
     for index, params in enumerate(params_list):
         if not isinstance(params, Mapping):
             raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
         doc = {
-            "_id": ObjectId(),
+            "_id": ObjectId() if ids is None else ids[index],
             "path": path,
             "params": dict(params),
             "queue": queue,
@@ -150,17 +155,23 @@ def queue_jobs(
         _check_document(doc, index)
         docs.append(doc)
 
-    ids: list[ObjectId] = []
+    queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
         try:
-            store.jobs.insert_many(batch, ordered=True, bypass_document_validation=True)
+            store.jobs.insert_many(batch, ordered=ids is None, bypass_document_validation=True)
+        except pymongo.errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or [{}]
+            if ids is None or any(error.get("code") != 11000 for error in errors):
+                raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+            existing = {error["index"] for error in errors}  # these ids were queued before: skip them
+            batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
         batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]  # type: ignore[misc]
         _push_ids(store, queue, batch_ids)
-        ids.extend(batch_ids)
-    return ids
+        queued.extend(batch_ids)
+    return queued
 
 
 def _push_ids(store: Store, queue: str, ids: list[ObjectId]) -> None:

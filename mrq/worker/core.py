@@ -36,6 +36,7 @@ from ..config import Settings
 from ..exceptions import ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..joblogs import JobLogHandler
 from ..queue import RegularQueue
+from ..scheduler import Scheduler, validate_schedule
 from ..store import Store, strings
 from . import recovery
 from .execution import Outcome, RunningJob, execute
@@ -70,6 +71,8 @@ class Worker:
         self.running: dict[str, RunningJob] = {}
         self.wake = gevent.event.Event()
         self._logs_wake = gevent.event.Event()
+        self._scheduler_stop = gevent.event.Event()
+        self._scheduler_greenlet: gevent.Greenlet | None = None
         self.status = "init"
         self.done_jobs = 0
         self.started_jobs = 0
@@ -85,6 +88,9 @@ class Worker:
         self._log_handler: JobLogHandler | None = None
         self._service_greenlets: list[gevent.Greenlet] = []
         self._on_status: list[Callable[[str], None]] = []
+        # Validated now, so that a bad SCHEDULER_TASKS entry stops the worker before it takes a job.
+        self.scheduler = Scheduler(self.store, validate_schedule(settings.scheduler_tasks)) \
+            if settings.scheduler else None
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -125,6 +131,8 @@ class Worker:
         self._service_greenlets.append(gevent.spawn(self._save_progress_forever))
         self._service_greenlets.append(gevent.spawn(self._recover_forever))
         self._service_greenlets.append(gevent.spawn(self._report_forever))
+        if self.scheduler is not None:
+            self._scheduler_greenlet = gevent.spawn(self._schedule_forever)
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
                  " ".join(q.name for q in self.queues), self.settings.greenlets)
 
@@ -144,6 +152,10 @@ class Worker:
         self.writer.wait_idle(timeout=60)
         if self._listener is not None:
             self._listener.stop()
+        if self._scheduler_greenlet is not None:
+            self._scheduler_stop.set()
+            self._scheduler_greenlet.join(timeout=10)  # let a check in progress complete
+            self._scheduler_greenlet.kill(block=True, timeout=2)
         for greenlet in self._service_greenlets:
             greenlet.kill(block=True, timeout=2)
         self._flush_logs()
@@ -188,6 +200,7 @@ class Worker:
 
     def stop(self, now: bool = False) -> None:
         self.graceful_stop = True
+        self._scheduler_stop.set()
         if now:
             self.shutdown_now = True
             self.set_status("kill")
@@ -546,6 +559,16 @@ class Worker:
                             memory_mb(), max_memory)
                 self.stop()
             gevent.sleep(self.settings.report_interval)
+
+    def _schedule_forever(self) -> None:
+        assert self.scheduler is not None
+        try:
+            self.scheduler.sync()
+        except Exception as exc:  # check() syncs first when this failed
+            log.warning("scheduler sync failed (%s); will retry", exc)
+        while not self.graceful_stop:
+            self.scheduler.check()
+            self._scheduler_stop.wait(self.settings.scheduler_interval)
 
     def _save_progress_forever(self) -> None:
         while True:
