@@ -303,6 +303,18 @@ class Job:
         RegularQueue(doc["queue"], store).forget(str(self.id))
         return True
 
+    def abort_running(self) -> int:
+        """Ask the worker running this job to stop it now (status `abort`). Returns how many
+        workers received the request (0: no worker listening, nothing happened). A job that is
+        not running raises InvalidStatusTransition (cancel a queued job instead)."""
+        store = self.store
+        current_doc = store.jobs.find_one({"_id": self.id}, {"status": 1})
+        if current_doc is None:
+            raise JobNotFound(self.id)
+        if current_doc["status"] != STARTED:
+            raise InvalidStatusTransition(f"job {self.id} is {current_doc['status']}, not running: nothing to abort")
+        return int(store.redis.publish(store.keys.control_channel, f"abort {self.id}"))
+
     def requeue(self, queue: str | None = None, retry_count: int = 0) -> None:
         """Queue a job again (after it failed, was cancelled, interrupted...). A job that is queued
         or running is left alone (InvalidStatusTransition)."""

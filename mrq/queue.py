@@ -8,11 +8,16 @@ they are not implemented yet and refuse to be used rather than behaving like som
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
 
 from . import current
 from .exceptions import InvalidQueueName
+from .stats import RETENTION, minute_of
 from .storage.keys import validate_queue_name
+from .store import strings
 
 if TYPE_CHECKING:
     from .store import Store
@@ -59,6 +64,15 @@ class Queue:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
+    def pause(self) -> None:
+        pause_queue(self.store, self.name)
+
+    def resume(self) -> None:
+        resume_queue(self.store, self.name)
+
+    def is_paused(self) -> bool:
+        return is_paused_in(self.name.rstrip("/"), paused_queues(self.store))
+
 
 class RegularQueue(Queue):
     """Job ids in a Redis LIST `{p:q:<name>}:ids`; due retries in the ZSET `{p:q:<name>}:delayed`.
@@ -79,8 +93,12 @@ class RegularQueue(Queue):
             pipe.lpush(keys.queue_ids(self.name), *ids)
         else:
             pipe.rpush(keys.queue_ids(self.name), *ids)
-        if store.note_known_queue(self.name):
+        if store.note_once("queue:" + self.name):
             pipe.sadd(keys.known_queues, self.name)
+        minute = minute_of(time.time())
+        pipe.hincrby(keys.stats(minute), f"in:{self.name}", len(ids))
+        if store.note_once(f"stats:{minute}"):
+            pipe.expire(keys.stats(minute), RETENTION)
         pipe.publish(keys.notify_channel(self.name), str(len(ids)))
         pipe.execute()
 
@@ -91,7 +109,7 @@ class RegularQueue(Queue):
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
         pipe.zadd(store.keys.queue_delayed(self.name), ids_and_times)
-        if store.note_known_queue(self.name):
+        if store.note_once("queue:" + self.name):
             pipe.sadd(store.keys.known_queues, self.name)
         pipe.publish(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")
         pipe.execute()
@@ -134,3 +152,84 @@ class RegularQueue(Queue):
             return [i.decode() for i in reversed(ids)]
         ids = self.store.redis.lrange(key, skip, skip + limit - 1)  # type: ignore[assignment]
         return [i.decode() for i in ids]
+
+
+# --- pause / resume (every kind) ------------------------------------------------------------------
+
+
+def pause_queue(store: Store, name: str) -> None:
+    """Workers stop taking jobs from the queue (and, for a root name, from all its subqueues)
+    within a second; queued jobs stay where they are."""
+    name = validate_queue_name(name.rstrip("/"))
+    store.redis.sadd(store.keys.paused_queues, name)
+    store.redis.publish(store.keys.control_channel, "paused")
+
+
+def resume_queue(store: Store, name: str) -> None:
+    name = validate_queue_name(name.rstrip("/"))
+    store.redis.srem(store.keys.paused_queues, name)
+    store.redis.publish(store.keys.control_channel, "paused")
+
+
+def paused_queues(store: Store) -> set[str]:
+    return set(strings(store.redis.smembers(store.keys.paused_queues)))
+
+
+def is_paused_in(name: str, paused: set[str]) -> bool:
+    """A queue is paused when its own name, or its root (the part before the first '/'), is."""
+    return name in paused or name.split("/", 1)[0] in paused
+
+
+# --- introspection --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    kind: str
+    size: int  # jobs waiting in Redis (ids or raw params)
+    delayed: int  # delayed retries (regular queues)
+    paused: bool
+    oldest_age: float | None  # seconds the oldest waiting job has waited (regular queues)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "delayed": self.delayed,
+                "paused": self.paused, "oldest_age": self.oldest_age}
+
+
+def known_queue_names(store: Store) -> list[str]:
+    return sorted(strings(store.redis.smembers(store.keys.known_queues)))
+
+
+def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]:
+    """Size, delayed count, paused flag and oldest job age of queues (all known ones by default),
+    from Redis only: two round trips whatever the number of queues."""
+    names = known_queue_names(store) if names is None else names
+    paused = paused_queues(store)
+    keys = store.keys
+    pipe = store.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(keys.queue_ids(name))
+        pipe.zcard(keys.queue_delayed(name))
+        pipe.lindex(keys.queue_ids(name), 0)
+    replies = pipe.execute() if names else []
+    now = time.time()
+    infos = []
+    for index, name in enumerate(names):
+        size, delayed, oldest = replies[3 * index:3 * index + 3]
+        age = None
+        if oldest:
+            oldest_id = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            if ObjectId.is_valid(oldest_id):
+                age = max(0.0, now - ObjectId(oldest_id).generation_time.timestamp())
+        infos.append(QueueInfo(name, queue_kind(name), int(size), int(delayed), is_paused_in(name, paused), age))
+    return infos
+
+
+def status_counts(store: Store, queue: str | None = None) -> dict[str, int]:
+    """Jobs per status in MongoDB (one aggregate on the (queue, status) or (status) index)."""
+    pipeline: list[dict[str, Any]] = []
+    if queue is not None:
+        pipeline.append({"$match": {"queue": queue}})
+    pipeline.append({"$group": {"_id": "$status", "count": {"$sum": 1}}})
+    return {row["_id"]: row["count"] for row in store.jobs.aggregate(pipeline)}

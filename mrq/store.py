@@ -52,7 +52,7 @@ class Store:
         self.connections = connections or Connections(settings)
         self.keys = Keys(settings.redis_prefix)
         self._task_settings: dict[str, TaskSettings] = {}
-        self._known_queues: dict[str, float] = {}
+        self._noted: dict[str, float] = {}
 
     @property
     def redis(self) -> redis.Redis:
@@ -99,14 +99,15 @@ class Store:
         self._task_settings[path] = found
         return found
 
-    def note_known_queue(self, name: str) -> bool:
-        """True when this process should (re)register the queue in the known-queues set: the first
-        time, then once a minute (so the set heals after Redis lost its data)."""
+    def note_once(self, name: str, period: float = 60.0) -> bool:
+        """True the first time `name` is noted, then again once per `period` seconds: for writes
+        that are idempotent and only need repeating now and then (registering a known queue, so
+        that the set heals after Redis lost its data; setting a key's expiry)."""
         now = time.monotonic()
-        last = self._known_queues.get(name)
-        if last is not None and now - last < 60:
+        last = self._noted.get(name)
+        if last is not None and now - last < period:
             return False
-        self._known_queues[name] = now
+        self._noted[name] = now
         return True
 
     def close(self) -> None:

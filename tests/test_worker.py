@@ -290,3 +290,18 @@ def test_max_memory_makes_the_worker_exit_cleanly(store: Store, worker_factory: 
     assert "is over --max_memory 1 MB" in worker.output()
     # the job it had taken was finished, not abandoned
     assert Job(job_id).fetch().status in ("success", "queued")
+
+
+def test_abort_a_running_job_from_outside(store: Store, worker_factory: Any) -> None:
+    from mrq.exceptions import InvalidStatusTransition
+
+    worker_factory("--greenlets", "2")
+    target = queue_job(f"{TASKS}.CatchAllSleep", {"seconds": 30})  # even a task catching Exception
+    other = queue_job(f"{TASKS}.Sleep", {"seconds": 1})
+    wait_status(target, "started")
+    assert Job(target).abort_running() >= 1
+    data = wait_status(target, "abort", timeout=10)
+    assert data["exceptiontype"] == "AbortInterrupt"
+    assert wait_status(other, "success")["result"] == "slept"
+    with pytest.raises(InvalidStatusTransition, match="not running"):
+        Job(other).abort_running()

@@ -94,6 +94,10 @@ class Keys:
         emptied: that worker puts back the waiting jobs MongoDB knows about."""
         return f"{self.prefix}:epoch"
 
+    def stats(self, minute: int) -> str:
+        """HASH of the counts of one minute (unix time // 60): `in:<queue>`, `<status>:<queue>`."""
+        return f"{self.prefix}:stats:{minute}"
+
     @property
     def paused_queues(self) -> str:
         """SET of paused queue names."""
@@ -103,6 +107,12 @@ class Keys:
     def notify_channel(self, queue: str) -> str:
         """Channel published on when jobs are queued (payload: how many). Idle workers wake on it."""
         return f"{self.prefix}:notify:{queue}"
+
+    @property
+    def control_channel(self) -> str:
+        """Channel of commands to workers: `abort <job id>` (abort a running job), `paused`
+        (the paused queues changed)."""
+        return f"{self.prefix}:control"
 
     def notify_pattern(self, queue_prefix: str) -> str:
         """Pattern matching the channels of every subqueue of `queue_prefix` (which ends with '/')."""

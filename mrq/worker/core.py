@@ -33,10 +33,11 @@ from .. import job as jobs
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
-from ..exceptions import ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
+from ..exceptions import AbortInterrupt, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..joblogs import JobLogHandler
-from ..queue import RegularQueue
+from ..queue import RegularQueue, is_paused_in, paused_queues
 from ..scheduler import Scheduler, validate_schedule
+from ..stats import StatsBuffer
 from ..store import Store, strings
 from . import recovery
 from .execution import Outcome, RunningJob, execute
@@ -50,6 +51,8 @@ log = logging.getLogger("mrq.worker")
 #: How long an idle worker waits before looking at its queues again without being woken (a
 #: safety net for a lost notification; pickup never depends on it).
 IDLE_RECHECK = 5.0
+#: Seconds between re-reads of the paused queues (a `paused` control message also triggers one).
+PAUSED_REFRESH = 1.0
 HISTORY_LIMIT = 50
 
 # Exit codes
@@ -77,7 +80,9 @@ class Worker:
         self.done_jobs = 0
         self.started_jobs = 0
         self.recovered_jobs = 0
+        self.stats = StatsBuffer()
         self.datestarted = utcnow()
+        self.paused: set[str] = set()
         self.lease: LeaseKeeper | None = None
         self.exitcode = EXIT_OK
         self.graceful_stop = False
@@ -121,16 +126,19 @@ class Worker:
             logging.getLogger("mrq.current").addHandler(self._log_handler)
             self._service_greenlets.append(gevent.spawn(self._flush_logs_forever))
         self.register()
+        self.paused = paused_queues(self.store)
         self.lease = LeaseKeeper(self.settings, self.id)
         self.lease.start()
         keys = self.store.keys
         self._listener = NotificationListener(
-            self.store.redis, [keys.notify_channel(q.name) for q in self.queues], [], self.wake, self._note_due
+            self.store.redis, [keys.notify_channel(q.name) for q in self.queues] + [keys.control_channel], [],
+            self._on_message,
         )
         self._listener.start()
         self._service_greenlets.append(gevent.spawn(self._save_progress_forever))
         self._service_greenlets.append(gevent.spawn(self._recover_forever))
         self._service_greenlets.append(gevent.spawn(self._report_forever))
+        self._service_greenlets.append(gevent.spawn(self._refresh_paused_forever))
         if self.scheduler is not None:
             self._scheduler_greenlet = gevent.spawn(self._schedule_forever)
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
@@ -257,12 +265,54 @@ class Worker:
             timeout = min(timeout, max(0.0, self.settings.max_time - (time.monotonic() - self.started_at)))
         return timeout
 
+    def _on_message(self, channel: str | None, data: bytes | None) -> None:
+        """A pub/sub message (or None after a (re)subscription)."""
+        if channel == self.store.keys.control_channel and data is not None:
+            self._on_control(data)
+            return
+        if data and data.startswith(b"at:"):
+            try:
+                self._note_due(float(data[3:]))
+            except ValueError:
+                pass
+        self.wake.set()
+
+    def _on_control(self, data: bytes) -> None:
+        command, _, argument = data.decode(errors="replace").partition(" ")
+        if command == "paused":
+            gevent.spawn(self._refresh_paused)
+            return
+        if command == "abort":
+            job = self.running.get(argument.strip())
+            if job is not None and not job.aborted:
+                job.aborted = True
+                log.warning("job %s (%s): abort requested, stopping it", job.id, job.path)
+                job.kill(AbortInterrupt("job aborted from outside while running"))
+
     def _note_due(self, due: float) -> None:
         if self._next_due is None or due < self._next_due:
             self._next_due = due
 
     def active_queues(self) -> list[RegularQueue]:
-        return self.queues
+        if not self.paused:
+            return self.queues
+        return [q for q in self.queues if not is_paused_in(q.name.rstrip("/"), self.paused)]
+
+    def _refresh_paused(self) -> None:
+        try:
+            paused = paused_queues(self.store)
+        except STORE_ERRORS:
+            return
+        if paused != self.paused:
+            resumed = self.paused - paused
+            self.paused = paused
+            if resumed:
+                self.wake.set()
+
+    def _refresh_paused_forever(self) -> None:
+        while True:
+            self._refresh_paused()
+            gevent.sleep(PAUSED_REFRESH)
 
     def dequeue(self, free: int) -> list[tuple[RegularQueue, list[str]]]:
         """Take up to `free` ids, queue by queue in priority order."""
@@ -403,6 +453,7 @@ class Worker:
         if outcome.history is not None:
             update["$push"] = {"traceback_history": {"$each": [outcome.history], "$slice": -HISTORY_LIMIT}}
         guard = {"_id": job.id, "status": jobs.STARTED, "worker": self.oid}
+        self.stats.add(f"{outcome.status}:{job.source_queue}")
         if outcome.log_message:
             log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
         if outcome.retry is not None:
@@ -545,6 +596,10 @@ class Worker:
         pipe.execute()
 
     def report(self) -> None:
+        try:
+            self.stats.flush(self.store.redis, self.store.keys)
+        except Exception as exc:
+            log.debug("writing the throughput counters failed: %s", exc)
         try:
             self.store.workers.update_one({"_id": self.oid}, {"$set": build_report(self)}, upsert=True)
         except Exception as exc:

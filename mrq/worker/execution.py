@@ -54,6 +54,7 @@ class RunningJob(Job):
         self.datestarted: datetime | None = doc.get("datestarted")
         self.timed_out = False
         self.interrupted = False
+        self.aborted = False
         self.stored = True
 
     @property
@@ -147,10 +148,13 @@ def execute(job: RunningJob, worker_oid: ObjectId) -> Outcome:
             return _error(jobs.TIMEOUT, sys.exc_info(), worker_oid, utcnow(), "TimeoutInterrupt")
         if job.interrupted:
             return _error(jobs.INTERRUPT, sys.exc_info(), worker_oid, utcnow(), "ShutdownInterrupt")
+        if job.aborted:
+            return _error(jobs.ABORT, sys.exc_info(), worker_oid, utcnow(), "AbortInterrupt")
         return _error(jobs.FAILED, sys.exc_info(), worker_oid, utcnow())
     # The task returned. A task that swallowed its timeout or interrupt does not get a success.
-    if job.timed_out or job.interrupted:
-        status, name = (jobs.TIMEOUT, "TimeoutInterrupt") if job.timed_out else (jobs.INTERRUPT, "ShutdownInterrupt")
+    if job.timed_out or job.interrupted or job.aborted:
+        status, name = (jobs.TIMEOUT, "TimeoutInterrupt") if job.timed_out else \
+            (jobs.INTERRUPT, "ShutdownInterrupt") if job.interrupted else (jobs.ABORT, "AbortInterrupt")
         text = f"{name}: the job kept running after it was stopped (the task caught the interrupt)"
         return _error(status, (None, None, None), worker_oid, utcnow(), name, text)
     problem = check_result(result)

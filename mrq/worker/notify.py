@@ -22,13 +22,16 @@ log = logging.getLogger("mrq.worker")
 
 
 class NotificationListener:
+    """Subscribes to `channels` and `patterns`; each message goes to `on_message(channel, data)`.
+    After every (re)subscription `on_message(None, None)` is called: a message may have been
+    missed meanwhile, so the worker should look at its queues."""
+
     def __init__(self, client: redis.Redis, channels: list[str], patterns: list[str],
-                 wake: gevent.event.Event, on_due: Callable[[float], None] | None = None) -> None:
+                 on_message: Callable[[str | None, bytes | None], None]) -> None:
         self.client = client
         self.channels = channels
         self.patterns = patterns
-        self.wake = wake
-        self.on_due = on_due
+        self.on_message = on_message
         self.messages = 0
         self._pubsub: redis.client.PubSub | None = None
         self._greenlet: gevent.Greenlet | None = None
@@ -55,7 +58,7 @@ class NotificationListener:
                     self._pubsub = self._subscribe()
                     backoff.reset()
                     self._subscribed.set()
-                    self.wake.set()  # look at the queues after (re)subscribing: a wake-up may have been missed
+                    self.on_message(None, None)
                 message = self._pubsub.get_message(timeout=5.0)
             except STORE_ERRORS as exc:
                 self._close_pubsub()
@@ -65,13 +68,10 @@ class NotificationListener:
             if message is None or message.get("type") not in ("message", "pmessage"):
                 continue
             self.messages += 1
-            data = message.get("data") or b""
-            if isinstance(data, bytes) and data.startswith(b"at:") and self.on_due is not None:
-                try:
-                    self.on_due(float(data[3:]))
-                except ValueError:
-                    pass
-            self.wake.set()
+            channel = message.get("channel")
+            data = message.get("data")
+            self.on_message(channel.decode() if isinstance(channel, bytes) else str(channel),
+                            data if isinstance(data, bytes) else str(data).encode())
 
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
