@@ -110,9 +110,10 @@ def test_retry_with_delay_waits_then_runs(store: Store, worker_factory: Any) -> 
     assert 1.9 <= (due - data["datestarted"]).total_seconds() <= 3
     assert store.redis.zscore(store.keys.queue_delayed("default"), str(job_id)) is not None
     data = wait_status(job_id, "success", timeout=15)
-    # not before it was due, and soon after (the idle worker sleeps until then, no sweep)
+    # not before it was due, and soon after (the idle worker sleeps until then; no periodic sweep,
+    # whose period would be minutes). The bound is loose: CI machines are shared and noisy.
     late = (data["datestarted"] - due).total_seconds()
-    assert -0.01 <= late < 1.5, late
+    assert -0.01 <= late < 4, late
     assert data["result"] == 1
 
 
