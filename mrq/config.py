@@ -244,6 +244,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_port", _parse_int, 0, "Port of the worker's admin HTTP server (0 = off).", scope=WORKER,
            minimum=0),
     Option("admin_ip", _parse_str, "127.0.0.1", "Address the admin HTTP server binds to.", scope=WORKER),
+    # --- mrq-dashboard
+    Option("dashboard_port", _parse_int, 5555, "Port the dashboard listens on.", scope=DASHBOARD,
+           flags=("--port",), minimum=0),
+    Option("dashboard_bind", _parse_str, "127.0.0.1",
+           "Address the dashboard binds to (loopback by default; anything else should have auth).",
+           scope=DASHBOARD, flags=("--bind",)),
+    Option("dashboard_auth", _parse_str, "",
+           "`user:password` for HTTP basic auth on every dashboard page and API route (empty = none).",
+           scope=DASHBOARD),
+    Option("dashboard_token", _parse_str, "",
+           "Bearer token accepted by the dashboard (`Authorization: Bearer <token>`, for API clients).",
+           scope=DASHBOARD),
+    Option("dashboard_readonly", _parse_bool, False,
+           "Read-only dashboard: every action (cancel, requeue, abort, pause, enqueue) is refused.",
+           scope=DASHBOARD),
+    Option("dashboard_enqueue_paths", _parse_str_list, [],
+           "Task paths (or dotted prefixes) that POST /api/jobs may enqueue (empty = enqueueing by HTTP is off).",
+           scope=DASHBOARD),
     # --- mrq-run
     Option("queue", _parse_str, "", "Enqueue the task on this queue and print its id instead of running it.",
            scope=RUN),
@@ -447,10 +465,38 @@ def _validate(settings: Settings) -> None:
     for key in ("mongodb_jobs",):
         if not settings[key].startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{key}: expected a mongodb:// URI, got {settings[key]!r}")
-    tasks = settings.tasks
-    for path, task_conf in tasks.items():
+    for path, task_conf in settings.tasks.items():
         if not isinstance(path, str) or not isinstance(task_conf, dict):
             raise ConfigError(f"TASKS: each entry must be 'path': {{...settings...}}, got {path!r}")
+        for key, value in task_conf.items():
+            _validate_task_key(path, key, value)
+
+
+# TASKS entry keys: (parser, minimum)
+_TASK_KEYS: dict[str, tuple[Callable[[Any], Any], float | None]] = {
+    "queue": (_parse_str, None),
+    "timeout": (_parse_float, 0.001),
+    "result_ttl": (_parse_float, 0),
+    "abort_ttl": (_parse_float, 0),
+    "cancel_ttl": (_parse_float, 0),
+    "default_ttl": (_parse_float, 0),
+    "max_retries": (_parse_int, 0),
+    "retry_delay": (_parse_float, 0),
+    "max_concurrency": (_parse_int, 1),
+}
+
+
+def _validate_task_key(path: str, key: str, value: Any) -> None:
+    where = f"TASKS[{path!r}]"
+    if key not in _TASK_KEYS:
+        raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_TASK_KEYS))})")
+    parse, minimum = _TASK_KEYS[key]
+    try:
+        parsed = parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{key}: expected {exc}, got {value!r}") from None
+    if minimum is not None and parsed < minimum:
+        raise ConfigError(f"{where}.{key}: expected a value >= {minimum:g}, got {value!r}")
 
 
 def reference_markdown() -> str:

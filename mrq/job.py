@@ -35,7 +35,7 @@ from .exceptions import (
     RetryInterrupt,
     StoreUnavailable,
 )
-from .queue import RegularQueue, queue_kind
+from .queue import Queue, RawQueue, RegularQueue, queue_kind
 from .storage.keys import validate_queue_name
 from .task import validate_task_path
 
@@ -404,3 +404,14 @@ def final_fields(status: str, task_settings: Any, now: datetime, started: dateti
 
 def ids_as_strings(ids: Iterable[object]) -> list[str]:
     return [str(i) for i in ids]
+
+
+def queue_raw_jobs(queue: str, params: Any, *, store: Store | None = None) -> int:
+    """Put raw params on a raw queue (`_raw`, `_set`: a list; `_sorted_set`, `_timed_set`: a list,
+    or a dict param -> score / unix time). The queue needs a RAW_QUEUES entry. Returns the count."""
+    store = store or _current_store()
+    target = Queue(validate_queue_name(queue), store)
+    if not isinstance(target, RawQueue):
+        raise InvalidJob(f"queue {queue!r} is a regular queue: use queue_jobs() (raw queues end in "
+                         "_raw, _set, _sorted_set or _timed_set)")
+    return target.enqueue_raw_jobs(params)

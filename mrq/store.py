@@ -44,6 +44,7 @@ class TaskSettings:
     default_ttl: float
     max_retries: int
     retry_delay: float
+    max_concurrency: int = 0
 
 
 class Store:
@@ -92,7 +93,7 @@ class Store:
             if path == prefix or path.startswith(prefix.rstrip(".") + "."):
                 conf = entry
                 break
-        values: dict[str, Any] = {"queue": conf.get("queue")}
+        values: dict[str, Any] = {"queue": conf.get("queue"), "max_concurrency": int(conf.get("max_concurrency") or 0)}
         for key, setting in TASK_DEFAULTS.items():
             values[key] = conf.get(key, self.settings[setting])
         found = TaskSettings(**values)

@@ -73,6 +73,11 @@ class Keys:
         """ZSET id -> unix time at which the job (a delayed retry) goes back to the queue."""
         return self.queue_tag(queue) + ":delayed"
 
+    def raw_queue(self, queue: str) -> str:
+        """A raw queue's parameters: LIST (`_raw`), SET (`_set`) or ZSET (`_sorted_set`: score =
+        order; `_timed_set`: score = unix time when the job becomes due)."""
+        return self.queue_tag(queue) + ":raw"
+
     # --- global ------------------------------------------------------------------------------------
     @property
     def known_queues(self) -> str:
@@ -87,6 +92,20 @@ class Keys:
     def worker_queues(self, worker_id: str) -> str:
         """SET of the queues in which a worker may hold running ids (where to look on recovery)."""
         return f"{self.prefix}:worker:{worker_id}:queues"
+
+    def subqueues(self, root: str) -> str:
+        """SET of the subqueue names (`root/...`) jobs were queued on; workers listening on `root/`
+        take jobs from each of them."""
+        return f"{self.prefix}:subqueues:{root}"
+
+    def concurrency(self, task_path: str) -> str:
+        """ZSET job id -> expiry (unix time) of the running jobs of a task that has a
+        `max_concurrency` in TASKS: at most that many members at once."""
+        return f"{self.prefix}:concurrency:{task_path}"
+
+    def ratelimit(self, key: str, window: int) -> str:
+        """Counter of mrq.helpers.ratelimit(key) for one time window."""
+        return f"{self.prefix}:ratelimit:{key}:{window}"
 
     @property
     def epoch(self) -> str:

@@ -16,6 +16,7 @@ JOBS = "mrq_jobs"
 LOGS = "mrq_logs"
 WORKERS = "mrq_workers"
 SCHEDULED_JOBS = "mrq_scheduled_jobs"
+ACTIONS = "mrq_actions"  # the dashboard's audit log: who did what, when, to how many jobs
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ INDEXES: dict[str, list[Index]] = {
     ],
     SCHEDULED_JOBS: [
         Index([("hash", ASCENDING)], "hash_unique", {"unique": True}),
+    ],
+    ACTIONS: [
+        # The audit log is read newest first by _id; entries go after 90 days.
+        Index([("date", ASCENDING)], "ttl_date", {"expireAfterSeconds": 90 * 24 * 3600}),
     ],
 }
 

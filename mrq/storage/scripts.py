@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-_NAMES = ("dequeue", "requeue_running", "lease", "expired_workers")
+_NAMES = ("dequeue", "requeue_running", "lease", "expired_workers", "timed_pop", "acquire_slot")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
 }
@@ -27,6 +27,8 @@ class Scripts:
         self.requeue_running: Script = client.register_script(_SOURCES["requeue_running"])
         self.lease: Script = client.register_script(_SOURCES["lease"])
         self.expired_workers: Script = client.register_script(_SOURCES["expired_workers"])
+        self.timed_pop: Script = client.register_script(_SOURCES["timed_pop"])
+        self.acquire_slot: Script = client.register_script(_SOURCES["acquire_slot"])
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()

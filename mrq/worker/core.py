@@ -18,7 +18,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 import gevent
@@ -26,24 +25,25 @@ import gevent.event
 import gevent.pool
 from bson import ObjectId
 from greenlet import getcurrent
-from pymongo import UpdateOne
 
 from .. import current, maintenance
-from .. import job as jobs
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
 from ..exceptions import AbortInterrupt, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..joblogs import JobLogHandler
-from ..queue import RegularQueue, is_paused_in, paused_queues
+from ..queue import Queue, RawQueue, paused_queues
 from ..scheduler import Scheduler, validate_schedule
 from ..stats import StatsBuffer
-from ..store import Store, strings
+from ..store import Store
 from . import recovery
-from .execution import Outcome, RunningJob, execute
+from .execution import RunningJob, execute
 from .lease import LeaseKeeper
 from .notify import NotificationListener
+from .outcomes import OutcomeRecorder
 from .report import build_report, memory_mb
+from .selection import QueueSelector
+from .starting import JobStarter
 from .writer import StatusWriter
 
 log = logging.getLogger("mrq.worker")
@@ -68,10 +68,13 @@ class Worker:
         self.oid = ObjectId()
         self.id = str(self.oid)
         self.name = settings.name or f"{socket.gethostname().split('.')[0]}.{os.getpid()}"
-        self.queues: list[RegularQueue] = [RegularQueue(name, self.store) for name in settings.queues]
         self.pool = gevent.pool.Pool(settings.greenlets)
         self.writer = StatusWriter(self.store, self.id)
         self.running: dict[str, RunningJob] = {}
+        self.selector = QueueSelector(self.store, settings.queues, settings.dequeue_strategy, self.id,
+                                      self._register_queue, lambda: self.graceful_stop, self._known_ids)
+        self._check_raw_queues()
+        self.starter = JobStarter(self.store, self.id, self.oid, self.running, self.writer.pending_ids)
         self.wake = gevent.event.Event()
         self._logs_wake = gevent.event.Event()
         self._scheduler_stop = gevent.event.Event()
@@ -81,6 +84,7 @@ class Worker:
         self.started_jobs = 0
         self.recovered_jobs = 0
         self.stats = StatsBuffer()
+        self.recorder = OutcomeRecorder(self.store, self.id, self.oid, self.writer, self.stats, self._forget)
         self.datestarted = utcnow()
         self.paused: set[str] = set()
         self.lease: LeaseKeeper | None = None
@@ -88,7 +92,7 @@ class Worker:
         self.graceful_stop = False
         self.shutdown_now = False
         self.started_at = time.monotonic()
-        self._next_due: float | None = None
+        self._registered: list[Queue] = []
         self._listener: NotificationListener | None = None
         self._log_handler: JobLogHandler | None = None
         self._service_greenlets: list[gevent.Greenlet] = []
@@ -131,7 +135,7 @@ class Worker:
         self.lease.start()
         keys = self.store.keys
         self._listener = NotificationListener(
-            self.store.redis, [keys.notify_channel(q.name) for q in self.queues] + [keys.control_channel], [],
+            self.store.redis, [*self.selector.channels(), keys.control_channel], self.selector.patterns(),
             self._on_message,
         )
         self._listener.start()
@@ -142,13 +146,35 @@ class Worker:
         if self.scheduler is not None:
             self._scheduler_greenlet = gevent.spawn(self._schedule_forever)
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
-                 " ".join(q.name for q in self.queues), self.settings.greenlets)
+                 " ".join(self.selector.names), self.settings.greenlets)
 
     def register(self) -> None:
-        """Take the lease and record the queues where this worker will hold running ids."""
+        """Take the lease and record the queues where this worker will hold running ids (more are
+        added as subqueues are discovered, before their first dequeue)."""
         keys = self.store.keys
         self.store.scripts.lease(keys=[keys.workers], args=[self.id, "register", self.settings.worker_lease])
-        self.store.redis.sadd(keys.worker_queues(self.id), *[q.name for q in self.queues])
+        names = [e.name for e in self.selector.entries if isinstance(e, Queue) and not e.is_raw]
+        names += [q.name for q in self._registered]
+        if names:
+            self.store.redis.sadd(keys.worker_queues(self.id), *names)
+
+    def _register_queue(self, queue: Queue) -> None:
+        """Before the first dequeue from a queue: a crash after it must find our running set there."""
+        if queue.is_raw:
+            return
+        retry_through_outage(lambda: self.store.redis.sadd(self.store.keys.worker_queues(self.id), queue.name),
+                             "Redis worker registration", log, give_up=lambda: self.graceful_stop)
+        self._registered.append(queue)
+
+    def _check_raw_queues(self) -> None:
+        """A raw queue without a valid RAW_QUEUES entry stops the worker at start."""
+        for name in self.settings.queues:
+            probe = Queue(name.rstrip("/") if name.endswith("/") else name, self.store)
+            if isinstance(probe, RawQueue):
+                probe.config  # noqa: B018 - raises ConfigError naming the queue
+
+    def _known_ids(self) -> set[str]:
+        return set(self.running) | self.writer.pending_ids()
 
     def finish(self) -> None:
         self.set_status("kill" if self.shutdown_now else "join")
@@ -244,7 +270,10 @@ class Worker:
                 self.wake.wait(1.0)
                 continue
             self.wake.clear()
-            taken = self.dequeue(free)
+            try:
+                taken = self.selector.take(free, self.paused)
+            except STORE_ERRORS:
+                break  # stopping during a Redis outage: take nothing more
             if taken:
                 self.set_status("spawn")
                 self.start_jobs(taken)
@@ -259,8 +288,8 @@ class Worker:
 
     def _idle_timeout(self) -> float:
         timeout = IDLE_RECHECK
-        if self._next_due is not None:
-            timeout = min(timeout, max(0.0, self._next_due - time.time()) + 0.001)
+        if self.selector.next_due is not None:
+            timeout = min(timeout, max(0.0, self.selector.next_due - time.time()) + 0.001)
         if self.settings.max_time:
             timeout = min(timeout, max(0.0, self.settings.max_time - (time.monotonic() - self.started_at)))
         return timeout
@@ -272,9 +301,11 @@ class Worker:
             return
         if data and data.startswith(b"at:"):
             try:
-                self._note_due(float(data[3:]))
+                self.selector.note_due(float(data[3:]))
             except ValueError:
                 pass
+        if channel is not None:
+            self.selector.notified(channel[len(self.store.keys.notify_channel("")):])
         self.wake.set()
 
     def _on_control(self, data: bytes) -> None:
@@ -288,15 +319,6 @@ class Worker:
                 job.aborted = True
                 log.warning("job %s (%s): abort requested, stopping it", job.id, job.path)
                 job.kill(AbortInterrupt("job aborted from outside while running"))
-
-    def _note_due(self, due: float) -> None:
-        if self._next_due is None or due < self._next_due:
-            self._next_due = due
-
-    def active_queues(self) -> list[RegularQueue]:
-        if not self.paused:
-            return self.queues
-        return [q for q in self.queues if not is_paused_in(q.name.rstrip("/"), self.paused)]
 
     def _refresh_paused(self) -> None:
         try:
@@ -314,90 +336,12 @@ class Worker:
             self._refresh_paused()
             gevent.sleep(PAUSED_REFRESH)
 
-    def dequeue(self, free: int) -> list[tuple[RegularQueue, list[str]]]:
-        """Take up to `free` ids, queue by queue in priority order."""
-        taken: list[tuple[RegularQueue, list[str]]] = []
-        next_due: float | None = None
-        for queue in self.active_queues():
-            if free <= 0:
-                break
-            failures = 0
-
-            def attempt(queue: RegularQueue = queue, count: int = free) -> tuple[list[str], float | None]:
-                nonlocal failures
-                try:
-                    return queue.dequeue(count, self.id)
-                except STORE_ERRORS:
-                    failures += 1
-                    raise
-
-            try:
-                ids, due = retry_through_outage(attempt, "Redis dequeue", log, give_up=lambda: self.graceful_stop)
-            except STORE_ERRORS:
-                break  # stopping during an outage: take nothing more
-            if failures:
-                # A call that timed out on our side may still have run on the server: its ids
-                # would sit in our running set, unknown to us. Take them now.
-                ids += self._unknown_running_ids(queue, ids)
-            if due is not None and (next_due is None or due < next_due):
-                next_due = due
-            if ids:
-                taken.append((queue, ids))
-                free -= len(ids)
-        if free > 0:
-            self._next_due = next_due
-        return taken
-
-    def _unknown_running_ids(self, queue: RegularQueue, just_taken: list[str]) -> list[str]:
-        members = strings(self.store.redis.smembers(self.store.keys.queue_running(queue.name, self.id)))
-        known = set(self.running) | self.writer.pending_ids() | set(just_taken)
-        unknown = [job_id for job_id in members if job_id not in known]
-        if unknown:
-            log.warning("taking %d job ids found in this worker's running set after a Redis timeout", len(unknown))
-        return unknown
-
-    def start_jobs(self, taken: list[tuple[RegularQueue, list[str]]]) -> None:
-        """Mark the taken jobs started (one guarded update for all), load them, run them."""
-        queue_of = {job_id: queue for queue, ids in taken for job_id in ids}
-        oids = [ObjectId(job_id) for job_id in queue_of]
-        now = utcnow()
-
-        def mark_started() -> list[dict[str, Any]]:
-            self.store.jobs.update_many(
-                {"_id": {"$in": oids}, "status": {"$in": sorted(jobs.STARTABLE_STATUSES)}},
-                {"$set": {"status": jobs.STARTED, "datestarted": now, "dateupdated": now, "worker": self.oid},
-                 "$unset": {"dateexpires": "", "dateretry": ""}},
-            )
-            return list(self.store.jobs.find({"_id": {"$in": oids}}))
-
-        docs = retry_through_outage(mark_started, "MongoDB job start", log)
-        found = {str(doc["_id"]): doc for doc in docs}
-        pending = self.writer.pending_ids()
-        not_ours: dict[str, list[str]] = {}
-        for job_id, queue in queue_of.items():
-            if job_id in self.running or job_id in pending:
-                continue  # a duplicate of an id we are running or finishing: the running-set entry is that job's
-            doc = found.get(job_id)
-            if doc is None or doc.get("status") != jobs.STARTED or doc.get("worker") != self.oid \
-                    or job_id in self.running:
-                if doc is None:
-                    log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
-                                job_id, queue.name)
-                not_ours.setdefault(queue.name, []).append(job_id)
-                continue
-            job = RunningJob(doc, queue.name, self.store)
-            self.running[job_id] = job
+    def start_jobs(self, taken: list[tuple[Queue, list[Any]]]) -> None:
+        for job in self.starter.start(taken):
+            self.running[job.key_id] = job
             self.started_jobs += 1
             greenlet = self.pool.spawn(self.perform, job)
             greenlet.link(self._slot_freed)  # runs after the pool released the slot
-        if not_ours:
-            def ack() -> None:
-                pipe = self.store.redis.pipeline(transaction=False)
-                for name, ids in not_ours.items():
-                    pipe.srem(self.store.keys.queue_running(name, self.id), *ids)
-                pipe.execute()
-
-            retry_through_outage(ack, "Redis acknowledgement", log)
 
     # --- one job ------------------------------------------------------------------------------------
 
@@ -413,7 +357,7 @@ class Worker:
             timer.close()
             job.remove_greenlet(me)
         try:
-            self.record(job, outcome)
+            self.recorder.record(job, outcome)
         finally:
             current.set_current_job(None, me)
             self._forget(job)
@@ -442,110 +386,6 @@ class Worker:
             if not job.interrupted:
                 job.interrupted = True
                 job.kill(ShutdownInterrupt("worker shutting down"))
-
-    def record(self, job: RunningJob, outcome: Outcome) -> None:
-        """Store how the job ended. Successes and errors go through the batched writer; retries
-        and interrupts, which also move the id in Redis, are written at once."""
-        now = utcnow()
-        fields = jobs.final_fields(outcome.status, job.settings, now, job.datestarted)
-        fields.update(outcome.fields)
-        update: dict[str, Any] = {"$set": fields}
-        if outcome.history is not None:
-            update["$push"] = {"traceback_history": {"$each": [outcome.history], "$slice": -HISTORY_LIMIT}}
-        guard = {"_id": job.id, "status": jobs.STARTED, "worker": self.oid}
-        self.stats.add(f"{outcome.status}:{job.source_queue}")
-        if outcome.log_message:
-            log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
-        if outcome.retry is not None:
-            self._record_retry(job, outcome, guard, update, now)
-        elif outcome.status == jobs.INTERRUPT:
-            self._record_interrupt(job, guard, update)
-        else:
-            self.writer.add(UpdateOne(guard, update), job.source_queue, job.key_id)
-
-    def _record_retry(self, job: RunningJob, outcome: Outcome, guard: dict[str, Any], update: dict[str, Any],
-                      now: datetime) -> None:
-        retry = outcome.retry
-        assert retry is not None
-        fields = update["$set"]
-        del fields["dateexpires"], fields["datefinished"]
-        fields.update({"queue": retry.queue, "retry_count": retry.retry_count})
-        target = RegularQueue(retry.queue, self.store)
-        if retry.delay > 0:
-            fields["dateretry"] = now + timedelta(seconds=retry.delay)
-        else:
-            fields["status"] = jobs.QUEUED
-            fields["datequeued"] = now
-
-        if not self._write_once(guard, update, "MongoDB retry write"):
-            self._ack_one(job)
-            return
-
-        self._forget(job)  # from here on, this id may be taken again, by this worker too
-        due = time.time() + retry.delay
-
-        def move() -> None:
-            if retry.queue == job.source_queue:
-                # One atomic step: out of our running set, into the queue (or its delayed set).
-                self._move_running(job, "d" if retry.delay > 0 else "q", due)
-                return
-            # Another queue (another slot): push first, then leave our running set; a crash in
-            # between leaves a duplicate id, which workers skip, never a lost one.
-            if retry.delay > 0:
-                target.push_delayed({job.key_id: due})
-            else:
-                target.push([job.key_id])
-            self._ack_one(job)
-
-        retry_through_outage(move, "Redis retry", log)
-
-    def _record_interrupt(self, job: RunningJob, guard: dict[str, Any], update: dict[str, Any]) -> None:
-        """Store `interrupt` (with where it was), then queue the job again at the front of its queue."""
-        fields = update["$set"]
-        del fields["dateexpires"]
-
-        requeue = self._write_once(guard, update, "MongoDB interrupt write", maximum=1.0)
-        if requeue:
-            retry_through_outage(lambda: self.store.jobs.update_one(
-                {"_id": job.id, "status": jobs.INTERRUPT},
-                {"$set": {"status": jobs.QUEUED, "datequeued": utcnow(), "dateupdated": utcnow()},
-                 "$unset": {"datefinished": ""}},
-            ), "MongoDB requeue write", log, maximum=1.0)
-
-        self._forget(job)
-        retry_through_outage(lambda: self._move_running(job, "q" if requeue else "x", 0.0), "Redis requeue", log,
-                             maximum=1.0)
-
-    def _write_once(self, guard: dict[str, Any], update: dict[str, Any], what: str, maximum: float = 5.0) -> bool:
-        """Apply a guarded update through an outage. True when it applied, including when an
-        attempt that failed on our side (a timeout) had in fact applied on the server."""
-        attempts = 0
-        marker = update["$set"]["dateupdated"]
-
-        def write() -> bool:
-            nonlocal attempts
-            attempts += 1
-            if self.store.jobs.update_one(guard, update).matched_count == 1:
-                return True
-            return attempts > 1 and self.store.jobs.count_documents(
-                {"_id": guard["_id"], "worker": self.oid, "dateupdated": marker}, limit=1) == 1
-
-        return retry_through_outage(write, what, log, maximum=maximum)
-
-    def _move_running(self, job: RunningJob, action: str, score: float) -> None:
-        """Atomically move a job id from our running set to the front of its queue ("q"), to its
-        delayed set ("d", at `score`), or nowhere ("x"); then wake the workers."""
-        keys = self.store.keys
-        queue = job.source_queue
-        self.store.scripts.requeue_running(
-            keys=[keys.queue_ids(queue), keys.queue_running(queue, self.id), keys.queue_delayed(queue)],
-            args=[job.key_id, action, repr(score)],
-        )
-        if action != "x":
-            self.store.redis.publish(keys.notify_channel(queue), "1" if action == "q" else f"at:{score:f}")
-
-    def _ack_one(self, job: RunningJob) -> None:
-        self.store.redis.srem(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
 
     # --- service greenlets ---------------------------------------------------------------------------
 
@@ -592,7 +432,8 @@ class Worker:
         self.register()
         pipe = self.store.redis.pipeline(transaction=False)
         for job in list(self.running.values()):
-            pipe.sadd(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
+            if not job.raw:
+                pipe.sadd(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
         pipe.execute()
 
     def report(self) -> None:

@@ -55,6 +55,10 @@ class RunningJob(Job):
         self.timed_out = False
         self.interrupted = False
         self.aborted = False
+        self.raw = False  # from a raw queue: no running-set entry; retries go to its retry_queue
+        self.no_storage: frozenset[str] = frozenset()  # statuses not written (raw queues' statuses_no_storage)
+        self.inserted = True  # False while a raw job's document exists only here
+        self.max_concurrency = self.settings.max_concurrency
         self.stored = True
 
     @property

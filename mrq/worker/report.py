@@ -41,7 +41,7 @@ def build_report(worker: Worker) -> dict[str, Any]:
         "name": worker.name,
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "queues": [q.name for q in worker.queues],
+        "queues": worker.selector.names,
         "status": worker.status,
         "greenlets": {"busy": len(worker.running), "total": settings.greenlets},
         "jobs": jobs,

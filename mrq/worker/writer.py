@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 import pymongo.errors
-from pymongo import UpdateOne
 
 from ..backoff import retry_through_outage
 
@@ -30,16 +29,17 @@ class StatusWriter:
     def __init__(self, store: Store, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
-        self._pending: list[tuple[UpdateOne, str, str]] = []
-        self._in_flight: list[tuple[UpdateOne, str, str]] = []
+        self._pending: list[tuple[Any, str | None, str]] = []
+        self._in_flight: list[tuple[Any, str | None, str]] = []
         self._greenlet: gevent.Greenlet | None = None
         self._idle = gevent.event.Event()
         self._idle.set()
         self.flushes = 0
         self.stopping = False
 
-    def add(self, update: UpdateOne, queue: str, job_id: str) -> None:
-        """Queue a final-status update of a job taken from `queue`."""
+    def add(self, update: Any, queue: str | None, job_id: str) -> None:
+        """Queue a final-status write (UpdateOne, DeleteOne) of a job taken from `queue` (None:
+        a raw job, which holds no running-set entry)."""
         self._pending.append((update, queue, job_id))
         self._idle.clear()
         if self._greenlet is None or self._greenlet.dead:
@@ -67,7 +67,7 @@ class StatusWriter:
             self.flushes += 1
         self._idle.set()
 
-    def _write(self, batch: list[tuple[UpdateOne, str, str]]) -> None:
+    def _write(self, batch: list[tuple[Any, str | None, str]]) -> None:
         def write() -> None:
             try:
                 self.store.jobs.bulk_write([op for op, _, _ in batch], ordered=False)
@@ -85,10 +85,13 @@ class StatusWriter:
 
         retry_through_outage(write, "MongoDB status write", log)
 
-    def _ack(self, batch: list[tuple[UpdateOne, str, str]]) -> None:
+    def _ack(self, batch: list[tuple[Any, str | None, str]]) -> None:
         by_queue: dict[str, list[str]] = defaultdict(list)
         for _, queue, job_id in batch:
-            by_queue[queue].append(job_id)
+            if queue is not None:
+                by_queue[queue].append(job_id)
+        if not by_queue:
+            return
 
         def ack() -> Any:
             pipe = self.store.redis.pipeline(transaction=False)

@@ -1,0 +1,44 @@
+"""Queues: one class per kind, chosen once from the name by `Queue(name, store)`.
+
+- base.py: the factory, pause/resume.
+- regular.py: job documents in MongoDB, ids in Redis (the safe default).
+- raw.py: parameters in Redis only (`_raw`, `_set`, `_sorted_set`, `_timed_set`).
+- introspection.py: sizes, paused flags, counts per status.
+"""
+
+from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, resume_queue
+from .introspection import QueueInfo, known_queue_names, queue_infos, status_counts, subqueue_names
+from .raw import (
+    RawListQueue,
+    RawParam,
+    RawQueue,
+    RawQueueConfig,
+    RawSetQueue,
+    RawSortedSetQueue,
+    RawTimedSetQueue,
+    raw_queue_config,
+)
+from .regular import RegularQueue
+
+__all__ = [
+    "Queue",
+    "QueueInfo",
+    "RawListQueue",
+    "RawParam",
+    "RawQueue",
+    "RawQueueConfig",
+    "RawSetQueue",
+    "RawSortedSetQueue",
+    "RawTimedSetQueue",
+    "RegularQueue",
+    "is_paused_in",
+    "known_queue_names",
+    "pause_queue",
+    "paused_queues",
+    "queue_infos",
+    "queue_kind",
+    "raw_queue_config",
+    "resume_queue",
+    "status_counts",
+    "subqueue_names",
+]

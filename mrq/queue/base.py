@@ -1,0 +1,126 @@
+"""The queue base class, the factory that picks the kind from the name, and pause/resume."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import current
+from ..stats import RETENTION, minute_of
+from ..storage.keys import validate_queue_name
+from ..store import strings
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+RAW_SUFFIXES = ("_timed_set", "_sorted_set", "_set", "_raw")
+
+
+def queue_kind(name: str) -> str:
+    """'regular' or the raw kind ('raw', 'set', 'sorted_set', 'timed_set') of a queue name. The
+    kind comes from the part before the first '/' (subqueues share their root's kind)."""
+    root = name.split("/", 1)[0]
+    for suffix in RAW_SUFFIXES:
+        if root.endswith(suffix):
+            return suffix[1:]
+    return "regular"
+
+
+class Queue:
+    """Base of the queue kinds. `Queue("name", store)` returns an instance of the right kind, chosen
+    once from the name: RegularQueue, RawListQueue (`_raw`), RawSetQueue (`_set`),
+    RawSortedSetQueue (`_sorted_set`) or RawTimedSetQueue (`_timed_set`)."""
+
+    kind = "regular"
+    is_raw = False
+    _kinds: dict[str, type[Queue]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            Queue._kinds[cls.kind] = cls
+
+    def __new__(cls, name: str, store: Store | None = None) -> Any:
+        if cls is Queue:
+            cls = Queue._kinds[queue_kind(validate_queue_name(name, allow_subqueue_wildcard=True))]
+        return super().__new__(cls)
+
+    def __init__(self, name: str, store: Store | None = None) -> None:
+        self.name = validate_queue_name(name, allow_subqueue_wildcard=True)
+        self.root = name.split("/", 1)[0]
+        self.is_subqueue = "/" in name
+        self._store = store
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = current.get_current_store()
+        return self._store
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Queue) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def pause(self) -> None:
+        pause_queue(self.store, self.name)
+
+    def resume(self) -> None:
+        resume_queue(self.store, self.name)
+
+    def is_paused(self) -> bool:
+        return is_paused_in(self.name.rstrip("/"), paused_queues(self.store))
+
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def dequeue(self, count: int, worker_id: str, now: float | None = None) -> tuple[list[Any], float | None]:
+        """Take up to `count` jobs for a worker: ids (regular) or raw params. Returns them and,
+        when the queue ran dry, the unix time at which its next job becomes due (or None)."""
+        raise NotImplementedError
+
+    def _note_pushed(self, pipe: Any, count: int) -> None:
+        """Bookkeeping shared by every push: the known-queues set (and the root's subqueue set),
+        the throughput counter, the wake-up notification. Cheap writes are repeated once a minute
+        at most per process."""
+        store = self.store
+        keys = store.keys
+        if store.note_once("queue:" + self.name):
+            pipe.sadd(keys.known_queues, self.name)
+            if self.is_subqueue:
+                pipe.sadd(keys.subqueues(self.root), self.name)
+        minute = minute_of(time.time())
+        pipe.hincrby(keys.stats(minute), f"in:{self.name}", count)
+        if store.note_once(f"stats:{minute}"):
+            pipe.expire(keys.stats(minute), RETENTION)
+        pipe.publish(keys.notify_channel(self.name), str(count))
+
+
+# --- pause / resume (every kind) ------------------------------------------------------------------
+
+
+def pause_queue(store: Store, name: str) -> None:
+    """Workers stop taking jobs from the queue (and, for a root name, from all its subqueues)
+    within a second; queued jobs stay where they are."""
+    name = validate_queue_name(name.rstrip("/"))
+    store.redis.sadd(store.keys.paused_queues, name)
+    store.redis.publish(store.keys.control_channel, "paused")
+
+
+def resume_queue(store: Store, name: str) -> None:
+    name = validate_queue_name(name.rstrip("/"))
+    store.redis.srem(store.keys.paused_queues, name)
+    store.redis.publish(store.keys.control_channel, "paused")
+
+
+def paused_queues(store: Store) -> set[str]:
+    return set(strings(store.redis.smembers(store.keys.paused_queues)))
+
+
+def is_paused_in(name: str, paused: set[str]) -> bool:
+    """A queue is paused when its own name, or its root (the part before the first '/'), is."""
+    return name in paused or name.split("/", 1)[0] in paused

@@ -1,0 +1,82 @@
+"""What the dashboard and the CLI show about queues: every known queue with its kind, size,
+paused flag and oldest job age (from Redis), and job counts per status (from MongoDB)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+
+from ..store import strings
+from .base import is_paused_in, paused_queues, queue_kind
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    kind: str
+    size: int  # jobs waiting in Redis (ids of a regular queue, params of a raw queue)
+    delayed: int  # delayed retries (regular queues)
+    paused: bool
+    oldest_age: float | None  # seconds the oldest waiting job has waited (regular queues)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "delayed": self.delayed,
+                "paused": self.paused, "oldest_age": self.oldest_age}
+
+
+def known_queue_names(store: Store) -> list[str]:
+    return sorted(strings(store.redis.smembers(store.keys.known_queues)))
+
+
+def subqueue_names(store: Store, root: str) -> list[str]:
+    """The subqueues (`root/...`) jobs were queued on."""
+    return sorted(strings(store.redis.smembers(store.keys.subqueues(root))))
+
+
+_SIZE_COMMAND = {"raw": "llen", "set": "scard", "sorted_set": "zcard", "timed_set": "zcard"}
+
+
+def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]:
+    """Size, delayed count, paused flag and oldest job age of queues (all known ones by default),
+    from Redis only: two round trips whatever the number of queues."""
+    names = known_queue_names(store) if names is None else names
+    paused = paused_queues(store)
+    keys = store.keys
+    pipe = store.redis.pipeline(transaction=False)
+    for name in names:
+        kind = queue_kind(name)
+        if kind == "regular":
+            pipe.llen(keys.queue_ids(name))
+            pipe.zcard(keys.queue_delayed(name))
+            pipe.lindex(keys.queue_ids(name), 0)
+        else:
+            getattr(pipe, _SIZE_COMMAND[kind])(keys.raw_queue(name))
+            pipe.echo(b"0")
+            pipe.echo(b"")
+    replies = pipe.execute() if names else []
+    now = time.time()
+    infos = []
+    for index, name in enumerate(names):
+        size, delayed, oldest = replies[3 * index:3 * index + 3]
+        age = None
+        if oldest:
+            oldest_id = oldest.decode() if isinstance(oldest, bytes) else str(oldest)
+            if ObjectId.is_valid(oldest_id):
+                age = max(0.0, now - ObjectId(oldest_id).generation_time.timestamp())
+        infos.append(QueueInfo(name, queue_kind(name), int(size), int(delayed), is_paused_in(name, paused), age))
+    return infos
+
+
+def status_counts(store: Store, queue: str | None = None) -> dict[str, int]:
+    """Jobs per status in MongoDB (one aggregate on the (queue, status) or (status) index)."""
+    pipeline: list[dict[str, Any]] = []
+    if queue is not None:
+        pipeline.append({"$match": {"queue": queue}})
+    pipeline.append({"$group": {"_id": "$status", "count": {"$sum": 1}}})
+    return {row["_id"]: row["count"] for row in store.jobs.aggregate(pipeline)}

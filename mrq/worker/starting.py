@@ -1,0 +1,213 @@
+"""Turning what the worker took from its queues into running jobs.
+
+Regular queues give ids: one `find` loads their documents; jobs whose task has a
+`max_concurrency` take a slot first (those without a free slot go back to their queue's delayed
+set for a moment: they wait in the queue, not in a greenlet); one guarded `update_many` marks
+the rest `started`. Ids whose documents cannot start (cancelled, finished, missing) are dropped.
+
+Raw queues give params: the queue's `job_factory` turns each into `{path, params}`; unless
+"started" is in `statuses_no_storage` the job documents are inserted (one `insert_many`). A
+factory that raises gives a `failed` job with its traceback; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from bson import ObjectId
+
+from .. import job as jobs
+from ..backoff import retry_through_outage
+from ..clock import utcnow
+from ..queue import Queue, RawQueue
+from .execution import RunningJob, format_exception
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+log = logging.getLogger("mrq.worker")
+
+#: Seconds a job that found no free `max_concurrency` slot waits in its queue's delayed set.
+HOLD_BACK = 0.5
+
+
+class JobStarter:
+    def __init__(self, store: Store, worker_id: str, worker_oid: ObjectId, running: dict[str, RunningJob],
+                 pending_ids: Callable[[], set[str]]) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.oid = worker_oid
+        self.running = running
+        self.pending_ids = pending_ids
+
+    def start(self, taken: list[tuple[Queue, list[Any]]]) -> list[RunningJob]:
+        started: list[RunningJob] = []
+        regular = [(q, items) for q, items in taken if not q.is_raw]
+        if regular:
+            started.extend(self._start_regular(regular))
+        for queue, params in taken:
+            if isinstance(queue, RawQueue):
+                started.extend(self._start_raw(queue, params))
+        return started
+
+    # --- regular ------------------------------------------------------------------------------------
+
+    def _start_regular(self, taken: list[tuple[Queue, list[Any]]]) -> list[RunningJob]:
+        queue_of: dict[str, Queue] = {job_id: queue for queue, ids in taken for job_id in ids}
+        busy = set(self.running) | self.pending_ids()
+        oids = [ObjectId(job_id) for job_id in queue_of if job_id not in busy]
+        docs = retry_through_outage(lambda: list(self.store.jobs.find({"_id": {"$in": oids}})), "MongoDB job load",
+                                    log) if oids else []
+        found = {str(doc["_id"]): doc for doc in docs}
+        drop: dict[str, list[str]] = {}
+        candidates: list[dict[str, Any]] = []
+        for job_id, queue in queue_of.items():
+            if job_id in busy:
+                continue  # a duplicate of an id we are running or finishing: its running-set entry is that job's
+            doc = found.get(job_id)
+            if doc is None or doc.get("status") not in jobs.STARTABLE_STATUSES:
+                if doc is None:
+                    log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
+                                job_id, queue.name)
+                drop.setdefault(queue.name, []).append(job_id)
+                continue
+            candidates.append(doc)
+        candidates, held = self._take_slots(candidates)
+        for doc in held:
+            self._hold_back(queue_of[str(doc["_id"])].name, str(doc["_id"]))
+        ours = self._mark_started(candidates)
+        started = []
+        for doc in candidates:
+            job_id = str(doc["_id"])
+            if job_id not in ours:
+                drop.setdefault(queue_of[job_id].name, []).append(job_id)
+                self._release_slot(doc)
+                continue
+            started.append(RunningJob(ours[job_id], queue_of[job_id].name, self.store))
+        if drop:
+            self._drop(drop)
+        return started
+
+    def _mark_started(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """One guarded update for the batch; returns the documents that started for this worker."""
+        if not docs:
+            return {}
+        now = utcnow()
+        oids = [doc["_id"] for doc in docs]
+        changes = {"status": jobs.STARTED, "datestarted": now, "dateupdated": now, "worker": self.oid}
+
+        def mark() -> int:
+            return int(self.store.jobs.update_many(
+                {"_id": {"$in": oids}, "status": {"$in": sorted(jobs.STARTABLE_STATUSES)}},
+                {"$set": changes, "$unset": {"dateexpires": "", "dateretry": ""}},
+            ).modified_count)
+
+        modified = retry_through_outage(mark, "MongoDB job start", log)
+        if modified == len(docs):
+            for doc in docs:
+                doc.update(changes)
+                doc.pop("dateexpires", None)
+                doc.pop("dateretry", None)
+            return {str(doc["_id"]): doc for doc in docs}
+        # Some changed status meanwhile (cancelled...), or a retried attempt had applied: look.
+        fresh = retry_through_outage(lambda: list(self.store.jobs.find({"_id": {"$in": oids}})), "MongoDB job load",
+                                     log)
+        return {str(d["_id"]): d for d in fresh
+                if d.get("status") == jobs.STARTED and d.get("worker") == self.oid and d.get("datestarted") == now}
+
+    def _drop(self, drop: dict[str, list[str]]) -> None:
+        def ack() -> None:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for name, ids in drop.items():
+                pipe.srem(self.store.keys.queue_running(name, self.worker_id), *ids)
+            pipe.execute()
+
+        retry_through_outage(ack, "Redis acknowledgement", log)
+
+    # --- max_concurrency ------------------------------------------------------------------------------
+
+    def _take_slots(self, docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Split the documents into (may start, held back for lack of a free slot)."""
+        limited = [(doc, self.store.task_settings(doc.get("path") or "")) for doc in docs]
+        limited = [(doc, ts) for doc, ts in limited if ts.max_concurrency]
+        if not limited:
+            return docs, []
+        now = time.time()
+        pipe = self.store.redis.pipeline(transaction=False)
+        for doc, ts in limited:
+            self.store.scripts.acquire_slot(
+                keys=[self.store.keys.concurrency(doc["path"])],
+                args=[str(doc["_id"]), ts.max_concurrency, repr(now), repr(now + ts.timeout + 60)],
+                client=pipe,
+            )
+        granted = retry_through_outage(pipe.execute, "Redis concurrency slots", log)
+        held_ids = {doc["_id"] for (doc, _), ok in zip(limited, granted, strict=True) if not ok}
+        return [d for d in docs if d["_id"] not in held_ids], [d for d in docs if d["_id"] in held_ids]
+
+    def _hold_back(self, queue: str, job_id: str) -> None:
+        """Back into the queue's delayed set for a moment, atomically out of our running set."""
+        keys = self.store.keys
+        due = time.time() + HOLD_BACK * (1 + random.random())
+        retry_through_outage(lambda: self.store.scripts.requeue_running(
+            keys=[keys.queue_ids(queue), keys.queue_running(queue, self.worker_id), keys.queue_delayed(queue)],
+            args=[job_id, "d", repr(due)],
+        ), "Redis hold back", log)
+
+    def _release_slot(self, doc: dict[str, Any]) -> None:
+        if self.store.task_settings(doc.get("path") or "").max_concurrency:
+            self.store.redis.zrem(self.store.keys.concurrency(doc["path"]), str(doc["_id"]))
+
+    # --- raw ----------------------------------------------------------------------------------------
+
+    def _start_raw(self, queue: RawQueue, params: list[Any]) -> list[RunningJob]:
+        config = queue.config
+        now = utcnow()
+        started: list[RunningJob] = []
+        failed_docs: list[dict[str, Any]] = []
+        for param in params:
+            doc: dict[str, Any] = {
+                "_id": ObjectId(), "queue": config.retry_queue, "raw_queue": queue.name, "status": jobs.STARTED,
+                "datequeued": now, "datestarted": now, "dateupdated": now, "worker": self.oid, "retry_count": 0,
+            }
+            try:
+                spec = config.job_factory(param)
+                if not isinstance(spec, Mapping) or not isinstance(spec.get("path"), str) \
+                        or not isinstance(spec.get("params", {}), Mapping):
+                    raise TypeError(f"job_factory must return {{'path': str, 'params': dict}}, got {spec!r}")
+            except Exception as exc:
+                if "failed" not in config.statuses_no_storage:
+                    failed_docs.append(self._factory_failure(doc, queue, param, exc))
+                log.error("raw queue %s: job_factory failed for %r: %s", queue.name, str(param)[:200], exc)
+                continue
+            doc["path"] = spec["path"]
+            doc["params"] = dict(spec.get("params") or {})
+            job = RunningJob(doc, queue.name, self.store)
+            job.raw = True
+            job.no_storage = config.statuses_no_storage
+            job.inserted = "started" not in config.statuses_no_storage
+            job.max_concurrency = 0  # not applied to raw queues (documented)
+            started.append(job)
+        to_insert = [job.data for job in started if job.inserted and job.data is not None] + failed_docs
+        if to_insert:
+            retry_through_outage(lambda: self.store.jobs.insert_many(to_insert, ordered=False),
+                                 "MongoDB raw job insert", log)
+        return started
+
+    def _factory_failure(self, doc: dict[str, Any], queue: RawQueue, param: Any, exc: Exception) -> dict[str, Any]:
+        now = utcnow()
+        text = f"job_factory of raw queue {queue.name} failed for raw param {str(param)[:1000]!r}:\n" + \
+            format_exception(sys.exc_info())
+        doc.update({
+            "path": f"{queue.root}.job_factory", "params": {"raw": str(param)[:100_000]}, "status": jobs.FAILED,
+            "exceptiontype": type(exc).__name__, "traceback": text, "datefinished": now,
+            "dateexpires": now + timedelta(seconds=self.store.settings.default_job_ttl),
+            "traceback_history": [{"date": now, "status": jobs.FAILED, "exceptiontype": type(exc).__name__,
+                                   "traceback": text, "worker": self.oid}],
+        })
+        return doc
