@@ -35,6 +35,7 @@ from .exceptions import (
     RetryInterrupt,
     StoreUnavailable,
 )
+from .helpers import emit_metric
 from .queue import Queue, RawQueue, RegularQueue, queue_kind
 from .storage.keys import validate_queue_name
 from .task import validate_task_path
@@ -169,6 +170,7 @@ def queue_jobs(
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
         batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]  # type: ignore[misc]
+        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
         _push_ids(store, queue, batch_ids)
         queued.extend(batch_ids)
     return queued

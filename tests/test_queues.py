@@ -49,3 +49,21 @@ def test_queue_infos_and_status_counts(store: Store) -> None:
     assert infos["intro"].oldest_age is not None and 0 <= infos["intro"].oldest_age < 60
     assert status_counts(store) == {"queued": 5}
     assert status_counts(store, "intro") == {"queued": 4}
+
+
+def test_mrq_queue_cli(store: Store, mrq_settings: Any) -> None:
+    from mrq.testing.workers import run_command
+
+    queue_jobs(f"{TASKS}.Add", [{"a": 1, "b": 1}] * 2, queue="cliq")
+    done = run_command(mrq_settings, "mrq.cli.queue", ["pause", "cliq"])
+    assert done.returncode == 0 and "cliq: paused" in done.stdout
+    assert Queue("cliq", store).is_paused()
+    done = run_command(mrq_settings, "mrq.cli.queue", ["list", "--json"])
+    listed = {q["name"]: q for q in __import__("json").loads(done.stdout)}
+    assert listed["cliq"]["size"] == 2 and listed["cliq"]["paused"] is True
+    done = run_command(mrq_settings, "mrq.cli.queue", ["resume", "cliq"])
+    assert done.returncode == 0 and not Queue("cliq", store).is_paused()
+    done = run_command(mrq_settings, "mrq.cli.queue", ["pause", "bad name"])
+    assert done.returncode == 2 and "contains ' '" in done.stderr
+    done = run_command(mrq_settings, "mrq.cli.queue", ["pause"])
+    assert done.returncode == 2 and "needs a queue name" in done.stderr

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import ConfigError, InvalidJob
+from ..helpers import emit_metric
 from ..storage.keys import validate_queue_name
 from ..store import strings
 from .base import Queue
@@ -140,6 +141,9 @@ class RawQueue(Queue):
         self._add(pipe, members)
         self._note_pushed(pipe, len(members))
         pipe.execute()
+        hook = self.store.settings.metric_hook
+        emit_metric(hook, f"queues.{self.name}.enqueued", len(members))
+        emit_metric(hook, "queues.all.enqueued", len(members))
         return len(members)
 
     def _members(self, params: Any) -> Any:

@@ -31,6 +31,7 @@ from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
 from ..exceptions import AbortInterrupt, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
+from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
 from ..queue import Queue, RawQueue, paused_queues
 from ..scheduler import Scheduler, validate_schedule
@@ -337,7 +338,15 @@ class Worker:
             gevent.sleep(PAUSED_REFRESH)
 
     def start_jobs(self, taken: list[tuple[Queue, list[Any]]]) -> None:
-        for job in self.starter.start(taken):
+        hook = self.settings.metric_hook
+        if hook is not None:
+            for queue, items in taken:
+                emit_metric(hook, f"queues.{queue.name}.dequeued", len(items))
+                emit_metric(hook, "queues.all.dequeued", len(items))
+        started = self.starter.start(taken)
+        if hook is not None and started:
+            emit_metric(hook, "jobs.status.started", len(started))
+        for job in started:
             self.running[job.key_id] = job
             self.started_jobs += 1
             greenlet = self.pool.spawn(self.perform, job)

@@ -25,6 +25,7 @@ from pymongo import DeleteOne, UpdateOne
 from .. import job as jobs
 from ..backoff import retry_through_outage
 from ..clock import utcnow
+from ..helpers import emit_metric
 from ..queue import RegularQueue
 from ..stats import StatsBuffer
 from .execution import Outcome, RunningJob
@@ -57,6 +58,7 @@ class OutcomeRecorder:
             update["$push"] = {"traceback_history": {"$each": [outcome.history], "$slice": -HISTORY_LIMIT}}
         guard = {"_id": job.id, "status": jobs.STARTED, "worker": self.oid}
         self.stats.add(f"{outcome.status}:{job.source_queue}")
+        emit_metric(self.store.settings.metric_hook, f"jobs.status.{outcome.status}")
         if outcome.log_message:
             log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
         if job.max_concurrency:

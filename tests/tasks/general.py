@@ -119,3 +119,35 @@ class Exit(Task):
 
     def run(self, params):
         os._exit(params.get("code", 1))
+
+
+class RecordRaw(Task):
+    """Records its `value` (and when it ran) in the `raw_runs` collection; returns it."""
+
+    def run(self, params):
+        connections.mongodb_jobs.raw_runs.insert_one(
+            {"value": params.get("value"), "time": time.time(), "pid": os.getpid()}
+        )
+        time.sleep(params.get("seconds", 0))
+        return params.get("value")
+
+
+class RetryOnce(Task):
+    def run(self, params):
+        if get_current_job().retry_count == 0:
+            retry_current_job(delay=0)
+        return params.get("value")
+
+
+class Concurrent(Task):
+    """Records how many instances run at once (max_concurrency tests)."""
+
+    def run(self, params):
+        db = connections.mongodb_jobs
+        running = db.concurrency.find_one_and_update(
+            {"_id": "counter"}, {"$inc": {"now": 1}}, upsert=True, return_document=True
+        )["now"]
+        db.concurrency.update_one({"_id": "counter"}, {"$max": {"peak": running}})
+        time.sleep(params.get("seconds", 0.5))
+        db.concurrency.update_one({"_id": "counter"}, {"$inc": {"now": -1}})
+        return running
