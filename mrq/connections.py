@@ -21,6 +21,7 @@ import redis.exceptions
 
 from .config import Settings
 from .exceptions import ConfigError, StoreUnavailable
+from .iocount import MONGO_LISTENER, CountingConnection, CountingSSLConnection
 
 _PASSWORD_IN_URI = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.I)
 
@@ -62,6 +63,8 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     try:
         if scheme in ("redis", "rediss", "unix"):
+            if scheme != "unix":
+                common["connection_class"] = CountingSSLConnection if scheme == "rediss" else CountingConnection
             pool = redis.BlockingConnectionPool.from_url(uri, max_connections=max_connections, timeout=timeout,
                                                          **common)
             return redis.Redis(connection_pool=pool)
@@ -115,6 +118,7 @@ def make_mongo(uri: str, *, timeout: float = 5.0) -> pymongo.MongoClient:
             connectTimeoutMS=ms,
             socketTimeoutMS=max(ms * 6, 30_000),
             appname="mrq",
+            event_listeners=[MONGO_LISTENER],
             tz_aware=False,
             connect=False,
         )

@@ -56,14 +56,15 @@ def test_child_process_gets_fresh_clients(mrq_settings: Settings, make_connectio
     conns = make_connections(mrq_settings)
     conns.redis.ping()
     conns.mongodb_jobs.command("ping")
-    parent_redis, parent_mongo = id(conns.redis), id(conns._mongo_clients[mrq_settings.mongodb_jobs])
+    # keep the parent's objects alive: comparing id()s of freed objects could match a new one
+    parent_redis, parent_mongo = conns.redis, conns._mongo_clients[mrq_settings.mongodb_jobs]
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must build new clients and be able to use them
         try:
-            ok = id(conns.redis) != parent_redis and conns.redis.ping()
+            ok = conns.redis is not parent_redis and conns.redis.ping()
             conns.mongodb_jobs.command("ping")
-            ok = ok and id(conns._mongo_clients[mrq_settings.mongodb_jobs]) != parent_mongo
+            ok = ok and conns._mongo_clients[mrq_settings.mongodb_jobs] is not parent_mongo
             os.write(write_fd, b"ok" if ok else b"same")
         except BaseException as exc:  # report anything to the parent
             os.write(write_fd, repr(exc).encode()[:200])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import sys
-import uuid
-from typing import Any
 
-from bson import ObjectId
+from ..utils import json_default
+
+__all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "fail", "json_default"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the task raised, or the worker stopped on an error
@@ -19,16 +18,3 @@ EXIT_NOT_FOUND = 4  # unknown task path
 def fail(prog: str, message: str, code: int) -> int:
     print(f"{prog}: {message}", file=sys.stderr)
     return code
-
-
-def json_default(value: Any) -> Any:
-    """JSON for what MongoDB documents hold: dates, ObjectIds, bytes, sets."""
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat()
-    if isinstance(value, ObjectId | uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -30,14 +30,16 @@ from .. import current, maintenance
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
-from ..exceptions import AbortInterrupt, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
+from ..exceptions import AbortInterrupt, ConfigError, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
+from ..metrics import WorkerMetrics
 from ..queue import Queue, RawQueue, paused_queues
 from ..scheduler import Scheduler, validate_schedule
 from ..stats import StatsBuffer
 from ..store import Store
 from . import recovery
+from .admin import AdminServer
 from .execution import RunningJob, execute
 from .lease import LeaseKeeper
 from .notify import NotificationListener
@@ -59,6 +61,7 @@ HISTORY_LIMIT = 50
 # Exit codes
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_STORE_UNAVAILABLE = 3
 
 
@@ -85,7 +88,10 @@ class Worker:
         self.started_jobs = 0
         self.recovered_jobs = 0
         self.stats = StatsBuffer()
-        self.recorder = OutcomeRecorder(self.store, self.id, self.oid, self.writer, self.stats, self._forget)
+        self.metrics = WorkerMetrics(self)
+        self.admin: AdminServer | None = None
+        self.recorder = OutcomeRecorder(self.store, self.id, self.oid, self.writer, self.stats, self._forget,
+                                        self.metrics.job_ended)
         self.datestarted = utcnow()
         self.paused: set[str] = set()
         self.lease: LeaseKeeper | None = None
@@ -94,6 +100,7 @@ class Worker:
         self.shutdown_now = False
         self.started_at = time.monotonic()
         self._registered: list[Queue] = []
+        self.last_empty_take = 0.0  # monotonic time of the last look at the queues that found nothing
         self._listener: NotificationListener | None = None
         self._log_handler: JobLogHandler | None = None
         self._service_greenlets: list[gevent.Greenlet] = []
@@ -113,6 +120,9 @@ class Worker:
         except StoreUnavailable as exc:
             log.error("%s", exc)
             return EXIT_STORE_UNAVAILABLE
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_USAGE
         try:
             self.loop()
         finally:
@@ -120,6 +130,9 @@ class Worker:
         return self.exitcode
 
     def init(self) -> None:
+        if self.settings.admin_port:
+            self.admin = AdminServer(self, self.settings.admin_ip, self.settings.admin_port)
+            self.admin.start()
         self.install_signal_handlers()
         self.store.connections.check()
         if self.settings.ensure_indexes:
@@ -208,6 +221,8 @@ class Worker:
                 log.warning("could not unregister the worker: %s", exc)
         self.set_status("stop")
         self.report()
+        if self.admin is not None:
+            self.admin.stop()
         log.info("worker %s stopped after %d jobs", self.name, self.done_jobs)
         current.set_current_worker(None)
 
@@ -279,6 +294,7 @@ class Worker:
                 self.set_status("spawn")
                 self.start_jobs(taken)
                 continue
+            self.last_empty_take = time.monotonic()
             if burst:
                 if not self.running:
                     break

@@ -41,13 +41,15 @@ HISTORY_LIMIT = 50
 
 class OutcomeRecorder:
     def __init__(self, store: Store, worker_id: str, worker_oid: ObjectId, writer: StatusWriter,
-                 stats: StatsBuffer, forget: Callable[[RunningJob], None]) -> None:
+                 stats: StatsBuffer, forget: Callable[[RunningJob], None],
+                 ended: Callable[[str, str, float | None], None]) -> None:
         self.store = store
         self.worker_id = worker_id
         self.oid = worker_oid
         self.writer = writer
         self.stats = stats
         self.forget = forget  # drop the job from the worker's running table
+        self.ended = ended  # metrics: (path, status, seconds)
 
     def record(self, job: RunningJob, outcome: Outcome) -> None:
         now = utcnow()
@@ -59,6 +61,7 @@ class OutcomeRecorder:
         guard = {"_id": job.id, "status": jobs.STARTED, "worker": self.oid}
         self.stats.add(f"{outcome.status}:{job.source_queue}")
         emit_metric(self.store.settings.metric_hook, f"jobs.status.{outcome.status}")
+        self.ended(job.path or "", outcome.status, fields.get("totaltime"))
         if outcome.log_message:
             log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
         if job.max_concurrency:

@@ -106,6 +106,13 @@ class QueueSelector:
         if self.next_due is None or due < self.next_due:
             self.next_due = due
 
+    def all_queues(self) -> list[Queue]:
+        """Every concrete queue: the plain ones and the subqueues discovered so far."""
+        queues: list[Queue] = []
+        for entry in self.entries:
+            queues.extend(entry.members.values() if isinstance(entry, SubqueueGroup) else [entry])
+        return queues
+
     @property
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries]
