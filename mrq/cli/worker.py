@@ -12,7 +12,7 @@ or SIGTERM: interrupt them (they are queued again) and exit."""
 
 # Settings accepted by the configuration that this worker does not act on yet: refuse them
 # rather than silently ignoring them.
-NOT_IMPLEMENTED_YET = ("processes", "scheduler", "admin_port")
+NOT_IMPLEMENTED_YET = ("processes",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
