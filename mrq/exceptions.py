@@ -42,6 +42,10 @@ class InvalidQueueName(MrqError):
     """A queue name that cannot be used (spaces, key separators, empty...)."""
 
 
+class SupervisorFailed(MrqError):
+    """supervisord is missing, could not start, or died: the message says why, in one line."""
+
+
 class TaskNotFound(MrqError):
     """The task path does not name an importable task."""
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from mrq.config import Settings
 
 
@@ -46,6 +48,26 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{message} not reached within {timeout:g}s")
         time.sleep(interval)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below `pid` (children, grandchildren...); empty once it is gone."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def still_running(processes: Sequence[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` that still run: not exited, not a zombie, not a reused pid."""
+    alive = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.Error:
+            pass
+    return alive
 
 
 class CommandProcess:
