@@ -197,7 +197,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", _parse_str, "", "Worker name shown in reports (default: <hostname>.<pid>)."),
     Option("log_level", _parse_str, "INFO", "Log level of the mrq loggers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-    Option("log_format", _parse_str, "text", "Log output format on stderr.", choices=("text", "json")),
+    Option("log_format", _parse_str, "text", "Log line format of mrq commands: human-readable text, or one JSON object "
+           "per line for log pipelines.", choices=("text", "json")),
+    Option("log_levels", _parse_str_list, [],
+           "Levels of single loggers, e.g. `mrq.worker=DEBUG mrq.scheduler=WARNING` (over log_level)."),
     Option("quiet", _parse_bool, False, "Do not echo per-job logs to the worker's output."),
     # --- job defaults (overridable per task in TASKS)
     Option("default_job_timeout", _parse_float, 3600.0, "Seconds a job may run before it is killed (`timeout`).",
@@ -244,6 +247,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_port", _parse_int, 0, "Port of the worker's admin HTTP server (0 = off).", scope=WORKER,
            minimum=0),
     Option("admin_ip", _parse_str, "127.0.0.1", "Address the admin HTTP server binds to.", scope=WORKER),
+    # --- tracing (worker)
+    Option("trace_greenlets", _parse_bool, False,
+           "Measure the time each job's greenlets ran and how often they switched (job fields time, switches).",
+           scope=WORKER),
+    Option("trace_io", _parse_bool, False,
+           "Record each Redis, MongoDB and HTTP call of a job with its duration (job field io).", scope=WORKER),
+    Option("trace_memory", _parse_bool, False,
+           "Measure memory growth per job, with objgraph type counts (job fields memory_diff, memory_growth); "
+           "needs --greenlets 1.", scope=WORKER),
+    Option("trace_memory_type", _parse_str, "",
+           "With --trace_memory: draw the references to an object of this type after each job (needs graphviz).",
+           scope=WORKER),
+    Option("trace_memory_output_dir", _parse_str, "memory_traces",
+           "Where --trace_memory_type writes its graphs.", scope=WORKER),
+    Option("profile", _parse_bool, False,
+           "cProfile each job (with --greenlets 1; job field profile) or else the whole worker (its report).",
+           scope=WORKER),
+    Option("add_network_latency", _parse_float, 0.0,
+           "Add a random delay of up to this many seconds before every Redis, MongoDB and HTTP call "
+           "(rehearse a slow network).", scope=WORKER, minimum=0),
     # --- mrq-dashboard
     Option("dashboard_port", _parse_int, 5555, "Port the dashboard listens on.", scope=DASHBOARD,
            flags=("--port",), minimum=0),
@@ -465,6 +488,11 @@ def _validate(settings: Settings) -> None:
     for key in ("mongodb_jobs",):
         if not settings[key].startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{key}: expected a mongodb:// URI, got {settings[key]!r}")
+    for item in settings.log_levels:
+        name, sep, level = item.partition("=")
+        if not sep or not name or level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_levels: expected logger=LEVEL (DEBUG, INFO, WARNING, ERROR, CRITICAL), "
+                              f"got {item!r}")
     for path, task_conf in settings.tasks.items():
         if not isinstance(path, str) or not isinstance(task_conf, dict):
             raise ConfigError(f"TASKS: each entry must be 'path': {{...settings...}}, got {path!r}")

@@ -19,6 +19,18 @@ class _JobFilter(logging.Filter):
         return True
 
 
+class _JobLevelFilter(logging.Filter):
+    """The job logger keeps every line (they are all stored with the job); the stream shows its
+    lines from `level` up, like everything else (other loggers filter by their own level)."""
+
+    def __init__(self, level: str) -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("mrq.current") or record.levelno >= self.level
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(job_tag)s %(message)s")
@@ -62,5 +74,9 @@ def setup_logging(settings: Settings, stream: IO[str]) -> None:
     root.propagate = False
     job_logger = logging.getLogger("mrq.current")
     job_logger.setLevel(logging.DEBUG)  # every job line is stored; the stream handler filters by level
-    handler.setLevel(settings.log_level)
+    handler.setLevel(logging.DEBUG)
+    handler.addFilter(_JobLevelFilter(settings.log_level))
     job_logger.propagate = not settings.quiet
+    for item in settings.log_levels:
+        name, _, level = item.partition("=")
+        logging.getLogger(name).setLevel(level.upper())

@@ -153,7 +153,8 @@ def test_redis_restart_without_data_loses_no_queued_job(mrq_settings: Settings, 
         own_redis.start()  # same port, empty
         assert store.redis.llen(store.keys.queue_ids("default")) == 0
         # a worker notices that Redis was emptied and puts back what MongoDB knows is waiting
-        worker_factory("--greenlets", "20", settings=settings)
+        # (jobs younger than redis_timeout + 1 s are given that long to be pushed by their producer)
+        worker_factory("--greenlets", "20", settings=settings, env={"MRQ_REDIS_TIMEOUT": "2"})
         wait_all(store, ids)
         assert sum(executions(store).values()) == 500
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pymongo
 import pymongo.database
+import pymongo.errors
 from pymongo import ASCENDING, DESCENDING
 
 JOBS = "mrq_jobs"
@@ -90,6 +91,9 @@ def missing_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.databas
         db = logs_db if collection_name == LOGS else jobs_db
         if db is None:
             continue
-        existing = {info["name"] for info in db[collection_name].list_indexes()}
+        try:
+            existing = {info["name"] for info in db[collection_name].list_indexes()}
+        except pymongo.errors.OperationFailure:  # the collection does not exist yet
+            existing = set()
         missing.extend(f"{collection_name}.{index.name}" for index in indexes if index.name not in existing)
     return missing

@@ -36,6 +36,7 @@ from ..joblogs import JobLogHandler
 from ..metrics import WorkerMetrics
 from ..queue import Queue, RawQueue, paused_queues
 from ..scheduler import Scheduler, validate_schedule
+from ..startup import run_startup_checks
 from ..stats import StatsBuffer
 from ..store import Store
 from . import recovery
@@ -47,6 +48,7 @@ from .outcomes import OutcomeRecorder
 from .report import build_report, memory_mb
 from .selection import QueueSelector
 from .starting import JobStarter
+from .tracing import JobTracing
 from .writer import StatusWriter
 
 log = logging.getLogger("mrq.worker")
@@ -88,6 +90,7 @@ class Worker:
         self.started_jobs = 0
         self.recovered_jobs = 0
         self.stats = StatsBuffer()
+        self.tracing = JobTracing(settings)
         self.metrics = WorkerMetrics(self)
         self.admin: AdminServer | None = None
         self.recorder = OutcomeRecorder(self.store, self.id, self.oid, self.writer, self.stats, self._forget,
@@ -138,6 +141,7 @@ class Worker:
         if self.settings.ensure_indexes:
             created = maintenance.ensure_all_indexes(self.store)
             log.info("indexes: %s", ", ".join(created) if created else "all present")
+        run_startup_checks(self.store, ensure=self.settings.ensure_indexes)
         logs = self.store.logs
         if logs is not None:
             self._log_handler = JobLogHandler(logs, self.settings.default_job_ttl)
@@ -220,7 +224,10 @@ class Worker:
             except Exception as exc:
                 log.warning("could not unregister the worker: %s", exc)
         self.set_status("stop")
-        self.report()
+        profile = self.tracing.worker_profile()
+        if profile:
+            log.info("worker profile (top functions by cumulative time):\n%s", profile)
+        self.report(extra={"profile": profile} if profile else None)
         if self.admin is not None:
             self.admin.stop()
         log.info("worker %s stopped after %d jobs", self.name, self.done_jobs)
@@ -376,11 +383,14 @@ class Worker:
         job.add_greenlet(me)
         timer = gevent.get_hub().loop.timer(max(job.settings.timeout, 0.001))
         timer.start(self._on_timeout, job)
+        traced = self.tracing.before(job) if self.tracing.active else None
         try:
             outcome = execute(job, self.oid)
         finally:
             timer.close()
             job.remove_greenlet(me)
+        if traced is not None:
+            outcome.fields.update(self.tracing.after(job, traced, [me]))
         try:
             self.recorder.record(job, outcome)
         finally:
@@ -448,7 +458,17 @@ class Worker:
         waiting job MongoDB knows about back into Redis."""
         if self.store.redis.set(self.store.keys.epoch, self.id, nx=True):
             log.info("Redis has no mrq epoch key (new or emptied): checking MongoDB for waiting jobs to put back")
-            maintenance.requeue_lost_jobs(self.store, min_age=0)
+            # A producer inserts the document, then pushes the id (retrying for redis_timeout): jobs
+            # younger than that may be on their way. Look at them once they are old enough.
+            grace = self.settings.redis_timeout + 1
+            maintenance.requeue_lost_jobs(self.store, min_age=grace)
+            gevent.spawn_later(grace, self._requeue_lost_later, grace)
+
+    def _requeue_lost_later(self, grace: float) -> None:
+        try:
+            maintenance.requeue_lost_jobs(self.store, min_age=grace)
+        except Exception as exc:
+            log.warning("putting back waiting jobs failed (%s); run mrq.basetasks.cleaning.RequeueLostJobs", exc)
 
     def _restore_running_sets(self) -> None:
         """Our lease entry was gone: put our registration and running ids back."""
@@ -461,13 +481,14 @@ class Worker:
                 pipe.sadd(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
         pipe.execute()
 
-    def report(self) -> None:
+    def report(self, extra: dict[str, Any] | None = None) -> None:
         try:
             self.stats.flush(self.store.redis, self.store.keys)
         except Exception as exc:
             log.debug("writing the throughput counters failed: %s", exc)
         try:
-            self.store.workers.update_one({"_id": self.oid}, {"$set": build_report(self)}, upsert=True)
+            self.store.workers.update_one({"_id": self.oid}, {"$set": {**build_report(self), **(extra or {})}},
+                                          upsert=True)
         except Exception as exc:
             log.debug("writing the worker report failed: %s", exc)
 

@@ -59,6 +59,7 @@ class RunningJob(Job):
         self.no_storage: frozenset[str] = frozenset()  # statuses not written (raw queues' statuses_no_storage)
         self.inserted = True  # False while a raw job's document exists only here
         self.max_concurrency = self.settings.max_concurrency
+        self.io_trace: Any = None  # with --trace_io: the calls this job made
         self.stored = True
 
     @property

@@ -151,3 +151,38 @@ class Concurrent(Task):
         time.sleep(params.get("seconds", 0.5))
         db.concurrency.update_one({"_id": "counter"}, {"$inc": {"now": -1}})
         return running
+
+
+class Leaky:
+    """Objects that a leaking job keeps alive (memory tracing tests)."""
+
+
+_LEAKED: list = []
+
+
+class Leak(Task):
+    def run(self, params):
+        _LEAKED.extend(Leaky() for _ in range(params.get("count", 5000)))
+        return len(_LEAKED)
+
+
+class NoLeak(Task):
+    def run(self, params):
+        garbage = [Leaky() for _ in range(params.get("count", 5000))]
+        return len(garbage)
+
+
+class DoIo(Task):
+    """A few Redis, MongoDB and (optionally) HTTP calls."""
+
+    def run(self, params):
+        import urllib.request
+
+        for i in range(params.get("redis", 5)):
+            connections.redis.set(f"{get_current_job().id}:{i}", i)
+        for _ in range(params.get("mongodb", 3)):
+            connections.mongodb_jobs.io_probe.find_one({})
+        if params.get("url"):
+            with urllib.request.urlopen(params["url"], timeout=5) as response:
+                response.read()
+        return "done"

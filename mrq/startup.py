@@ -1,0 +1,60 @@
+"""Checks a worker makes when it starts, each a loud warning rather than a refusal: the things
+that silently lose jobs or confuse timings in production."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import redis
+
+from .storage.mongo import missing_indexes
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("mrq.worker")
+
+MAX_CLOCK_SKEW = 1.0
+
+
+def eviction_warning(client: redis.Redis) -> str | None:
+    """Redis may evict keys under memory pressure unless maxmemory-policy is noeviction: then
+    queued jobs can vanish."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.exceptions.ResponseError:
+        return None  # CONFIG is disabled (a managed Redis): nothing to check
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if policy and policy != "noeviction":
+        return (f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may delete queued jobs. "
+                "Set `maxmemory-policy noeviction` (and enable AOF persistence).")
+    return None
+
+
+def clock_skew(client: redis.Redis, clock: Callable[[], float] = time.time) -> float:
+    """Seconds between this machine's clock and the Redis server's (leases and delayed jobs are
+    computed on the server's clock; job dates on the worker's)."""
+    before = clock()
+    seconds, micros = client.time()
+    after = clock()
+    return (seconds + micros / 1e6) - (before + after) / 2
+
+
+def run_startup_checks(store: Store, ensure: bool) -> None:
+    warning = eviction_warning(store.redis)
+    if warning:
+        log.warning("%s", warning)
+    skew = clock_skew(store.redis)
+    if abs(skew) > MAX_CLOCK_SKEW:
+        log.warning("this machine's clock and the Redis server's differ by %.1fs: job dates and lease "
+                    "deadlines will disagree (use NTP)", skew)
+    if not ensure:
+        missing = missing_indexes(store.connections.mongodb_jobs, store.connections.mongodb_logs)
+        if missing:
+            log.warning("MongoDB lacks %d indexes mrq needs (%s%s): lists and maintenance will scan collections. "
+                        "Start a worker with --ensure_indexes, or run mrq.basetasks.indexes.EnsureIndexes",
+                        len(missing), ", ".join(missing[:4]), "..." if len(missing) > 4 else "")
