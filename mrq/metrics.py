@@ -32,11 +32,15 @@ class WorkerMetrics:
         self.duration = Histogram("mrq_job_duration_seconds", "Time from start to end of jobs, by task path.",
                                   ["path"], buckets=DURATION_BUCKETS, registry=self.registry)
         self.registry.register(_LiveCollector(worker))
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def job_ended(self, path: str, status: str, seconds: float | None) -> None:
-        self.jobs.labels(path, status).inc()
+        children = self._children.get((path, status))
+        if children is None:  # resolving labels costs more than the increment: once per path and status
+            children = self._children[(path, status)] = (self.jobs.labels(path, status), self.duration.labels(path))
+        children[0].inc()
         if seconds is not None:
-            self.duration.labels(path).observe(seconds)
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

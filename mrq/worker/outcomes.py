@@ -52,6 +52,10 @@ class OutcomeRecorder:
         self.ended = ended  # metrics: (path, status, seconds)
 
     def record(self, job: RunningJob, outcome: Outcome) -> None:
+        if outcome.status in job.no_storage and not job.inserted and outcome.retry is None \
+                and outcome.status != jobs.INTERRUPT:
+            self._count(job, outcome, None)  # a raw job whose status is not stored: nothing to write
+            return
         now = utcnow()
         fields = jobs.final_fields(outcome.status, job.settings, now, job.datestarted)
         fields.update(outcome.fields)
@@ -59,13 +63,7 @@ class OutcomeRecorder:
         if outcome.history is not None:
             update["$push"] = {"traceback_history": {"$each": [outcome.history], "$slice": -HISTORY_LIMIT}}
         guard = {"_id": job.id, "status": jobs.STARTED, "worker": self.oid}
-        self.stats.add(f"{outcome.status}:{job.source_queue}")
-        emit_metric(self.store.settings.metric_hook, f"jobs.status.{outcome.status}")
-        self.ended(job.path or "", outcome.status, fields.get("totaltime"))
-        if outcome.log_message:
-            log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
-        if job.max_concurrency:
-            self._release_slot(job)
+        self._count(job, outcome, fields.get("totaltime"))
         if outcome.retry is not None:
             self._record_retry(job, outcome, guard, update, now)
         elif outcome.status == jobs.INTERRUPT:
@@ -78,6 +76,20 @@ class OutcomeRecorder:
             self._upsert_base(job, update)
             self.writer.add(UpdateOne(guard, update, upsert=not job.inserted), None if job.raw else job.source_queue,
                             job.key_id)
+
+    def _count(self, job: RunningJob, outcome: Outcome, seconds: float | None) -> None:
+        """Counters, metrics, the log line, the concurrency slot: for every job that ends."""
+        self.stats.add(f"{outcome.status}:{job.source_queue}")
+        if outcome.log_message:
+            log.info("job %s (%s) %s", job.id, job.path, outcome.log_message)
+        hook = self.store.settings.metric_hook
+        if hook is not None:
+            emit_metric(hook, f"jobs.status.{outcome.status}")
+        if seconds is None:
+            seconds = time.monotonic() - job.started_monotonic
+        self.ended(job.path or "", outcome.status, seconds)
+        if job.max_concurrency:
+            self._release_slot(job)
 
     def _upsert_base(self, job: RunningJob, update: dict[str, Any]) -> None:
         """A raw job whose document was never inserted: the write creates it."""
