@@ -1,5 +1,6 @@
 """The local demo stack: Redis, the Mongo test server (unless MRQ_REDIS / MRQ_MONGODB_JOBS point
-elsewhere), a worker with 10 greenlets and a few example jobs. Ctrl-C stops everything.
+elsewhere), a worker with 10 greenlets, the dashboard (http://127.0.0.1:5555/, or another free port
+when 5555 is taken; MRQ_DASHBOARD_PORT picks one) and a few example jobs. Ctrl-C stops everything.
 
     ./scripts/demo                  # keeps running until Ctrl-C
     ./scripts/demo --exit-when-done # stops once the example jobs are finished (used by the tests)
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from mrq import current  # noqa: E402
 from mrq.job import FINAL_STATUSES, queue_job  # noqa: E402
-from mrq.testing.stack import MongoTestServer, RedisServer  # noqa: E402
+from mrq.testing.stack import MongoTestServer, RedisServer, free_port, port_open, wait_for_port  # noqa: E402
 
 EXAMPLES = [
     ("examples.tasks.Fast", {"a": 2, "b": 3}),
@@ -38,6 +39,7 @@ def main() -> int:
 
     servers: list = []
     worker: subprocess.Popen | None = None
+    dashboard: subprocess.Popen | None = None
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -64,6 +66,11 @@ def main() -> int:
 
         worker = subprocess.Popen([sys.executable, "-m", "mrq.cli.worker", "--greenlets", "10", "default"],
                                   cwd=ROOT, env=env, start_new_session=True)
+        port = int(env.get("MRQ_DASHBOARD_PORT") or 0) or (free_port() if port_open(5555) else 5555)
+        dashboard = subprocess.Popen([sys.executable, "-m", "dashboard.cli", "--port", str(port)], cwd=ROOT,
+                                     env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+        wait_for_port(port, timeout=30, proc=dashboard)
+        print(f"demo: dashboard http://127.0.0.1:{port}/", flush=True)
         store = current.setup_from_environment()
         ids = {queue_job(path, params): path.rsplit(".", 1)[1] for path, params in EXAMPLES}
         print(f"demo: queued {len(ids)} example jobs; the worker's log lines follow (Ctrl-C to stop)")
@@ -86,6 +93,12 @@ def main() -> int:
             time.sleep(0.5)
         return 0
     finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            try:
+                dashboard.wait(10)
+            except subprocess.TimeoutExpired:
+                dashboard.kill()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGINT)  # finish running jobs
             try:

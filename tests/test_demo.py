@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,4 +19,5 @@ def test_demo_runs_the_examples_and_stops() -> None:
     out = done.stdout
     assert "Fast=success, Slow=success, Fails=failed, Flaky=success, Crawl=success" in out
     assert "demo: stopped" in out
+    assert re.search(r"demo: dashboard http://127\.0\.0\.1:\d+/", out)
     assert "could not process order #42" in out  # the failing job's reason reaches the worker log

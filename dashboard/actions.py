@@ -1,0 +1,227 @@
+"""What the dashboard changes: cancel, requeue and abort one job, the same in bulk on a filter,
+pause and resume a queue, enqueue a job for HTTP producers. Every action except enqueueing is
+recorded in `mrq_actions` (who, from where, when, what, which filter, how many).
+
+Single-job actions are `mrq.job.Job`'s own guarded transitions. Bulk actions do the same guarded
+writes in batches of BULK_BATCH jobs (one `update_many` and one Redis pipeline per batch).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from mrq.exceptions import InvalidStatusTransition
+from mrq.job import CANCEL, QUEUED, STARTABLE_STATUSES, STARTED, Job, queue_job
+from mrq.queue import RegularQueue, pause_queue, resume_queue
+from mrq.storage import mongo
+from mrq.store import Store
+
+from .formatting import utcnow
+from .jobfilter import BadInput, JobFilter, with_id_condition
+from .queries import Count
+
+BULK_BATCH = 1000
+#: Bulk cancel removes ids from a queue's Redis list only when the list is at most this long (each
+#: removal scans the list); ids left in a longer list are dropped by the workers that take them.
+LREM_MAX_QUEUE = 20_000
+BULK_ACTIONS = ("cancel", "requeue")
+
+
+class Conflict(Exception):
+    """The job is not in a status the action applies to (HTTP 409)."""
+
+
+class Forbidden(Exception):
+    """The configuration does not allow this (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    who: str  # the basic-auth user, "token" or "anonymous"
+    addr: str | None
+
+
+class Actions:
+    def __init__(self, store: Store, *, enqueue_paths: list[str] | None = None, count_limit: int = 100_000) -> None:
+        self.store = store
+        self.enqueue_paths = list(enqueue_paths or [])
+        self.count_limit = count_limit
+
+    @property
+    def audit(self) -> Any:
+        return self.store.connections.mongodb_jobs[mongo.ACTIONS]
+
+    def record(self, actor: Actor, action: str, *, target: str | None = None, flt: JobFilter | None = None,
+               count: int | None = None, detail: str | None = None) -> None:
+        self.audit.insert_one({"date": utcnow(), "who": actor.who, "addr": actor.addr, "action": action,
+                               "target": target, "filter": None if flt is None else flt.values, "count": count,
+                               "detail": detail})
+
+    # --- one job ---------------------------------------------------------------------------------------
+
+    def cancel(self, actor: Actor, job_id: ObjectId) -> dict[str, Any]:
+        job = Job(job_id, self.store)
+        try:
+            cancelled = job.cancel()
+        except InvalidStatusTransition as exc:
+            raise Conflict(str(exc)) from None
+        if not cancelled:
+            status = job.fetch({"status": 1}).status
+            raise Conflict(f"job {job_id} is {status}: only a queued job can be cancelled")
+        self.record(actor, "cancel", target=str(job_id), count=1)
+        return {"id": job_id, "status": CANCEL}
+
+    def requeue(self, actor: Actor, job_id: ObjectId, queue: str | None = None) -> dict[str, Any]:
+        job = Job(job_id, self.store)
+        try:
+            job.requeue(queue=queue)
+        except InvalidStatusTransition as exc:
+            raise Conflict(str(exc)) from None
+        self.record(actor, "requeue", target=str(job_id), count=1, detail=f"queue {queue}" if queue else None)
+        return {"id": job_id, "status": QUEUED}
+
+    def abort(self, actor: Actor, job_id: ObjectId) -> dict[str, Any]:
+        try:
+            receivers = Job(job_id, self.store).abort_running()
+        except InvalidStatusTransition as exc:
+            raise Conflict(str(exc)) from None
+        if receivers == 0:
+            raise Conflict(f"job {job_id} is started but no worker is listening: its worker may be dead "
+                           "(its jobs are recovered once its lease expires)")
+        self.record(actor, "abort", target=str(job_id), count=1)
+        return {"id": job_id, "requested": True, "workers": receivers}
+
+    # --- queues -------------------------------------------------------------------------------------------
+
+    def pause(self, actor: Actor, queue: str, paused: bool) -> dict[str, Any]:
+        (pause_queue if paused else resume_queue)(self.store, queue)
+        self.record(actor, "pause" if paused else "resume", target=queue)
+        return {"queue": queue, "paused": paused}
+
+    # --- bulk ---------------------------------------------------------------------------------------------
+
+    def bulk_query(self, action: str, flt: JobFilter) -> dict[str, Any] | None:
+        """The filter narrowed to the jobs the action applies to (None: it applies to none)."""
+        if action not in BULK_ACTIONS:
+            raise BadInput(f"unknown bulk action {action[:40]!r} (known: {', '.join(BULK_ACTIONS)})")
+        applicable = set(STARTABLE_STATUSES) if action == "cancel" else None
+        wanted = flt.query.get("status")
+        asked = None if wanted is None else {wanted} if isinstance(wanted, str) else set(wanted["$in"])
+        query = dict(flt.query)
+        if action == "cancel":
+            statuses = applicable if asked is None else (asked & set(STARTABLE_STATUSES))
+        else:
+            statuses = None if asked is None else (asked - {QUEUED, STARTED})
+        if statuses is not None and not statuses:
+            return None
+        if statuses is not None:
+            query["status"] = {"$in": sorted(statuses)}
+        else:
+            query["status"] = {"$nin": [QUEUED, STARTED]}
+        return query
+
+    def preview(self, action: str, flt: JobFilter) -> Count:
+        query = self.bulk_query(action, flt)
+        if query is None:
+            return Count(0, False)
+        value = self.store.jobs.count_documents(query, limit=self.count_limit)
+        return Count(value, value >= self.count_limit)
+
+    def bulk(self, actor: Actor, action: str, flt: JobFilter, confirm_all: bool = False) -> dict[str, Any]:
+        if flt.empty and not confirm_all:
+            raise BadInput(f"bulk {action} without a filter would touch every job: add a filter, or confirm "
+                           "with confirm_all: true")
+        query = self.bulk_query(action, flt)
+        matched = changed = 0
+        if query is not None:
+            batch_fn = self._cancel_batch if action == "cancel" else self._requeue_batch
+            last: ObjectId | None = None
+            while True:
+                page_query = query if last is None else with_id_condition(query, "$gt", last)
+                docs = list(self.store.jobs.find(page_query, {"queue": 1, "path": 1}).sort("_id", 1)
+                            .limit(BULK_BATCH))
+                if not docs:
+                    break
+                matched += len(docs)
+                changed += batch_fn(docs)
+                last = docs[-1]["_id"]
+                if len(docs) < BULK_BATCH:
+                    break
+        self.record(actor, f"bulk {action}", flt=flt, count=changed,
+                    detail=f"{matched} matched" + (", confirmed without a filter" if flt.empty else ""))
+        return {"action": action, "matched": matched, "changed": changed, "filter": flt.values}
+
+    def _cancel_batch(self, docs: list[dict[str, Any]]) -> int:
+        now = utcnow()
+        by_ttl: dict[float, list[ObjectId]] = defaultdict(list)
+        for doc in docs:
+            by_ttl[self.store.task_settings(str(doc.get("path"))).cancel_ttl].append(doc["_id"])
+        changed = 0
+        for ttl, ids in by_ttl.items():
+            result = self.store.jobs.update_many(
+                {"_id": {"$in": ids}, "status": {"$in": sorted(STARTABLE_STATUSES)}},
+                {"$set": {"status": CANCEL, "dateupdated": now, "dateexpires": now + timedelta(seconds=ttl)}})
+            changed += result.modified_count
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for doc in docs:
+            if isinstance(doc.get("queue"), str):
+                by_queue[doc["queue"]].append(str(doc["_id"]))
+        keys, redis = self.store.keys, self.store.redis
+        lengths: dict[str, Any] = {}
+        if by_queue:
+            pipe = redis.pipeline(transaction=False)
+            for queue in by_queue:
+                pipe.llen(keys.queue_ids(queue))
+            lengths = dict(zip(by_queue, pipe.execute(), strict=True))
+        pipe = redis.pipeline(transaction=False)
+        for queue, queue_ids in by_queue.items():
+            pipe.zrem(keys.queue_delayed(queue), *queue_ids)
+            if int(lengths.get(queue) or 0) <= LREM_MAX_QUEUE:
+                for job_id in queue_ids:
+                    pipe.lrem(keys.queue_ids(queue), 1, job_id)
+        pipe.execute()
+        return changed
+
+    def _requeue_batch(self, docs: list[dict[str, Any]]) -> int:
+        now = utcnow()
+        marker = now.replace(microsecond=now.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
+        ids = [doc["_id"] for doc in docs]
+        self.store.jobs.update_many(
+            {"_id": {"$in": ids}, "status": {"$nin": [QUEUED, STARTED]}},
+            {"$set": {"status": QUEUED, "datequeued": marker, "dateupdated": marker, "retry_count": 0},
+             "$unset": {"dateexpires": "", "dateretry": ""}})
+        requeued = self.store.jobs.find({"_id": {"$in": ids}, "status": QUEUED, "datequeued": marker}, {"queue": 1})
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for doc in requeued:
+            by_queue[str(doc.get("queue"))].append(str(doc["_id"]))
+        for queue, queue_ids in by_queue.items():
+            regular = RegularQueue(queue, self.store)
+            self.store.redis.zrem(self.store.keys.queue_delayed(queue), *queue_ids)
+            regular.push(queue_ids)
+        return sum(len(v) for v in by_queue.values())
+
+    # --- enqueue (HTTP producers) ---------------------------------------------------------------------
+
+    def enqueue(self, path: str, params: dict[str, Any], queue: str | None) -> ObjectId:
+        allowed = self.enqueue_paths
+        if not allowed:
+            raise Forbidden("enqueueing by HTTP is off (set dashboard_enqueue_paths to the task paths or "
+                            "prefixes it may enqueue)")
+        if not enqueue_allowed(path, allowed):
+            raise Forbidden(f"task path {path[:120]!r} may not be enqueued by HTTP (dashboard_enqueue_paths)")
+        return queue_job(path, params, queue=queue, store=self.store)
+
+
+def enqueue_allowed(path: str, allowed: list[str]) -> bool:
+    """An entry allows its exact path, and every path under it when it is a dotted prefix
+    (`tasks.reports` and `tasks.reports.` both allow `tasks.reports.Daily`)."""
+    for entry in allowed:
+        prefix = entry.rstrip(".")
+        if prefix and (path == prefix or path.startswith(prefix + ".")):
+            return True
+    return False

@@ -1,0 +1,334 @@
+"""What the dashboard reads, each answer in a bounded number of commands that indexes serve.
+
+- Queue sizes, ages, paused flags and throughput come from Redis only (`mrq.queue.queue_infos`,
+  `mrq.stats.read_minutes`).
+- Counts are bounded (`count_documents(..., limit=count_limit)`; shown as "100,000+") and cached
+  for a few seconds, and never unfiltered: the total of the jobs list without a filter is the sum
+  of the per-status counts, each of which reads one range of the `status_id` index.
+- Lists are keyset-paginated on `_id` (every `mrq_jobs` index ends with `_id`).
+- Statistics (task paths, exceptions) read a bounded sample of the most recent jobs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pymongo
+from bson import ObjectId
+
+from mrq.job import ALL_STATUSES, ERROR_STATUSES, FINAL_STATUSES, RETRY, SUCCESS
+from mrq.queue import queue_infos
+from mrq.stats import read_minutes
+from mrq.storage import mongo
+from mrq.store import Store, strings
+
+from .formatting import as_datetime, last_line, utcnow
+from .jobfilter import JobFilter, Page, keyset_query
+
+T = TypeVar("T")
+
+#: Fields left out of list rows (they can be large; the job page shows them).
+LIST_PROJECTION = {"traceback": 0, "traceback_history": 0, "result": 0}
+#: Statuses counted as failures in rates and charts.
+FAILURE_STATUSES = ("failed", "maxretries", "timeout")
+RATE_WINDOW_MINUTES = 5
+TASK_PATHS_SAMPLE = 1000
+MAX_TASK_PATHS = 200
+EXCEPTIONS_SAMPLE = 2000
+MAX_WORKERS = 500
+MAX_CACHED = 1000
+
+
+class TTLCache:
+    """A tiny time-based cache shared by the requests of one app (thread- and greenlet-safe)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._values: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, compute: Callable[[], T], seconds: float | None = None) -> T:
+        ttl = self.seconds if seconds is None else seconds
+        now = time.monotonic()
+        with self._lock:
+            hit = self._values.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = compute()
+        if ttl > 0:
+            with self._lock:
+                if len(self._values) >= MAX_CACHED:
+                    self._values = {k: v for k, v in self._values.items() if v[0] > now}
+                    if len(self._values) >= MAX_CACHED:  # many distinct filters at once: start afresh
+                        self._values.clear()
+                self._values[key] = (now + ttl, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+@dataclass
+class Count:
+    value: int
+    capped: bool  # the real number is at least `value`
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "capped": self.capped}
+
+
+@dataclass
+class Reader:
+    store: Store
+    cache: TTLCache
+    count_limit: int = 100_000
+    report_grace: float = 3.0  # a worker is dead after this many missed report intervals
+
+    # --- counts -------------------------------------------------------------------------------------
+
+    def _bounded_count(self, query: dict[str, Any]) -> Count:
+        assert query, "never count the whole collection"
+        value = self.store.jobs.count_documents(query, limit=self.count_limit)
+        return Count(value, value >= self.count_limit)
+
+    def status_counts(self) -> dict[str, Count]:
+        """Jobs per status: one bounded count per status (the `status_id` index), cached."""
+        def compute() -> dict[str, Count]:
+            return {status: self._bounded_count({"status": status}) for status in ALL_STATUSES}
+
+        return self.cache.get("status_counts", compute)
+
+    def count_jobs(self, flt: JobFilter) -> Count:
+        if flt.empty:
+            counts = self.status_counts().values()
+            return Count(sum(c.value for c in counts), any(c.capped for c in counts))
+        return self.cache.get("count:" + flt.cache_key(), lambda: self._bounded_count(flt.query))
+
+    # --- overview ------------------------------------------------------------------------------------
+
+    def throughput(self, minutes: int = 60) -> list[dict[str, Any]]:
+        """Per minute (oldest first): jobs queued, succeeded, failed, other outcomes, over all queues."""
+        series = []
+        for start, counts in read_minutes(self.store.redis, self.store.keys, minutes):
+            row = {"t": start, "in": 0, "success": 0, "failed": 0, "other": 0}
+            for name, count in counts.items():
+                kind, _, _queue = name.partition(":")
+                if kind == "in":
+                    row["in"] += count
+                elif kind == SUCCESS:
+                    row["success"] += count
+                elif kind in FAILURE_STATUSES:
+                    row["failed"] += count
+                elif kind != RETRY:
+                    row["other"] += count
+            series.append(row)
+        return series
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every known queue: size, delayed, paused, oldest job age, jobs/s in and out, failures/s
+        over the last few minutes. Redis only."""
+        minutes = read_minutes(self.store.redis, self.store.keys, RATE_WINDOW_MINUTES)
+        seconds = (RATE_WINDOW_MINUTES - 1) * 60 + max(time.time() - minutes[-1][0], 1.0)
+        flows: dict[str, dict[str, int]] = {}
+        for _start, counts in minutes:
+            for name, count in counts.items():
+                kind, _, queue = name.partition(":")
+                flow = flows.setdefault(queue, {"in": 0, "out": 0, "failed": 0})
+                if kind == "in":
+                    flow["in"] += count
+                elif kind != RETRY:
+                    flow["out"] += count
+                    if kind in FAILURE_STATUSES:
+                        flow["failed"] += count
+        rows = []
+        for info in queue_infos(self.store):
+            flow = flows.get(info.name, {"in": 0, "out": 0, "failed": 0})
+            rows.append({**info.as_dict(), "in_rate": flow["in"] / seconds, "out_rate": flow["out"] / seconds,
+                         "failed_rate": flow["failed"] / seconds})
+        return rows
+
+    def overview(self) -> dict[str, Any]:
+        workers = self.workers()
+        alive = [w for w in workers if w["state"] == "alive"]
+        return {
+            "queues": self.queues(),
+            "statuses": {status: count.as_dict() for status, count in self.status_counts().items()},
+            "workers": {
+                "alive": len(alive),
+                "dead": sum(1 for w in workers if w["state"] == "dead"),
+                "busy": int(sum(number_in(w, "greenlets", "busy") for w in alive)),
+                "greenlets": int(sum(number_in(w, "greenlets", "total") for w in alive)),
+            },
+            "throughput": self.throughput(),
+        }
+
+    # --- jobs -----------------------------------------------------------------------------------------
+
+    def list_jobs(self, flt: JobFilter, page: Page) -> JobList:
+        query, direction = keyset_query(sorted_read(flt.query), page)
+        docs = list(self.store.jobs.find(query, LIST_PROJECTION).sort("_id", direction).limit(page.limit + 1))
+        more = len(docs) > page.limit
+        docs = docs[:page.limit]
+        if page.before is not None:
+            docs.reverse()
+        result = JobList(jobs=docs)
+        if docs:
+            if more or page.before is not None:
+                result.next = docs[-1]["_id"]
+            if page.after is not None or (page.before is not None and more):
+                result.prev = docs[0]["_id"]
+        return result
+
+    def job(self, job_id: ObjectId) -> dict[str, Any] | None:
+        return self.store.jobs.find_one({"_id": job_id})
+
+    def worker_names(self, ids: list[Any]) -> dict[str, str]:
+        """Worker id (as a string) -> name, for the ids that are ObjectIds."""
+        unique = list({i for i in ids if isinstance(i, ObjectId)})
+        if not unique:
+            return {}
+        return {str(doc["_id"]): str(doc.get("name") or doc["_id"])
+                for doc in self.store.workers.find({"_id": {"$in": unique}}, {"name": 1})}
+
+    # --- workers -------------------------------------------------------------------------------------
+
+    def workers(self, include_stopped: bool = False, stopped_within: float = 3600.0) -> list[dict[str, Any]]:
+        """Worker reports, newest first, each with `state` (alive / dead / stopped), `report_age`
+        and `lease` (seconds left on its Redis lease, None when it has none)."""
+        docs = list(self.store.workers.find({}).sort("datereported", pymongo.DESCENDING).limit(MAX_WORKERS))
+        entries: list[tuple[bytes, float]] = self.store.redis.zrange(  # type: ignore[assignment]
+            self.store.keys.workers, 0, -1, withscores=True)
+        leases = {strings([member])[0]: float(score) for member, score in entries}
+        now, clock = utcnow(), time.time()
+        rows = []
+        for doc in docs:
+            reported = doc.get("datereported")
+            age = (now - reported).total_seconds() if isinstance(reported, datetime.datetime) else None
+            interval = number_in(doc, "config", "report_interval") or 5.0
+            deadline = leases.get(str(doc["_id"]))
+            lease_left = None if deadline is None else deadline - clock
+            if doc.get("status") == "stop":
+                state = "stopped"
+                if not include_stopped and (age is None or age > stopped_within):
+                    continue
+            elif age is None or age > self.report_grace * interval + 1 or (lease_left is not None and
+                                                                           lease_left < -1):
+                state = "dead"
+            else:
+                state = "alive"
+            jobs = doc.get("jobs") if isinstance(doc.get("jobs"), list) else []
+            doc["jobs"] = jobs = [job for job in jobs if isinstance(job, dict)]
+            for job in jobs:
+                if isinstance(job.get("elapsed"), int | float) and age is not None and state == "alive":
+                    job["elapsed_now"] = job["elapsed"] + age
+                else:
+                    job["elapsed_now"] = job.get("elapsed")
+            rows.append({**doc, "state": state, "report_age": age, "lease": lease_left})
+        return rows
+
+    # --- scheduler, task paths, exceptions, audit log -----------------------------------------------
+
+    def scheduled(self) -> list[dict[str, Any]]:
+        collection = self.store.connections.mongodb_jobs[mongo.SCHEDULED_JOBS]
+        return list(collection.find({}).sort([("path", 1), ("_id", 1)]).limit(1000))
+
+    def task_paths(self) -> list[dict[str, Any]]:
+        """Per task path, over its last TASK_PATHS_SAMPLE jobs: how many finished, average and p95
+        duration, failure rate; plus a bounded count of all its jobs. Cached."""
+        return self.cache.get("task_paths", self._task_paths, seconds=max(self.cache.seconds, 15.0))
+
+    def _task_paths(self) -> list[dict[str, Any]]:
+        paths = sorted(p for p in self.store.jobs.distinct("path") if isinstance(p, str))[:MAX_TASK_PATHS]
+        rows = []
+        for path in paths:
+            sample = list(self.store.jobs.find(sorted_read({"path": path}), {"status": 1, "totaltime": 1})
+                          .sort("_id", -1).limit(TASK_PATHS_SAMPLE))
+            finished = [d for d in sample if d.get("status") in FINAL_STATUSES]
+            times = sorted(float(d["totaltime"]) for d in finished if isinstance(d.get("totaltime"), int | float))
+            failures = sum(1 for d in finished if d.get("status") in FAILURE_STATUSES)
+            count = len(sample) if len(sample) < TASK_PATHS_SAMPLE else self._bounded_count({"path": path}).value
+            rows.append({
+                "path": path,
+                "count": count,
+                "count_capped": count >= self.count_limit,
+                "sample": len(sample),
+                "finished": len(finished),
+                "running": sum(1 for d in sample if d.get("status") == "started"),
+                "avg": sum(times) / len(times) if times else None,
+                "p95": times[max(math.ceil(len(times) * 0.95) - 1, 0)] if times else None,  # nearest rank
+                "failure_rate": failures / len(finished) if finished else None,
+            })
+        return rows
+
+    def exceptions(self) -> list[dict[str, Any]]:
+        """Errors of the last EXCEPTIONS_SAMPLE jobs in an error status, grouped by exception type
+        and message (the traceback's last line), most frequent first. Cached."""
+        return self.cache.get("exceptions", self._exceptions, seconds=max(self.cache.seconds, 15.0))
+
+    def _exceptions(self) -> list[dict[str, Any]]:
+        statuses = sorted(ERROR_STATUSES)
+        docs = self.store.jobs.find({"status": {"$in": statuses}},
+                                    {"exceptiontype": 1, "traceback": 1, "path": 1, "status": 1, "datefinished": 1,
+                                     "dateupdated": 1}).sort("_id", -1).limit(EXCEPTIONS_SAMPLE)
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for doc in docs:
+            kind = str(doc.get("exceptiontype") or "unknown")
+            message = last_line(doc.get("traceback"), 300)
+            when = as_datetime(doc.get("datefinished")) or as_datetime(doc.get("dateupdated")) or \
+                as_datetime(doc["_id"]) or utcnow()
+            group = groups.get((kind, message))
+            if group is None:
+                group = groups[(kind, message)] = {"exceptiontype": kind, "message": message, "count": 0,
+                                                   "first": when, "last": when, "paths": {}, "statuses": {},
+                                                   "example": doc["_id"]}
+            group["count"] += 1
+            group["first"] = min(group["first"], when)
+            group["last"] = max(group["last"], when)
+            path, status = str(doc.get("path")), str(doc.get("status"))
+            group["paths"][path] = group["paths"].get(path, 0) + 1
+            group["statuses"][status] = group["statuses"].get(status, 0) + 1
+        rows = sorted(groups.values(), key=lambda g: (-g["count"], g["exceptiontype"], g["message"]))
+        for row in rows:
+            row["paths"] = sorted(row["paths"], key=lambda p: -row["paths"][p])[:5]
+            row["statuses"] = ",".join(sorted(s for s in row["statuses"] if s))
+        return rows
+
+    def actions(self, before: ObjectId | None = None, limit: int = 50) -> tuple[list[dict[str, Any]], Any]:
+        collection = self.store.connections.mongodb_jobs[mongo.ACTIONS]
+        query = {"_id": {"$lt": before}} if before is not None else {}
+        docs = list(collection.find(query).sort("_id", -1).limit(limit + 1))
+        more = len(docs) > limit
+        docs = docs[:limit]
+        return docs, (docs[-1]["_id"] if more else None)
+
+
+def number_in(doc: dict[str, Any], key: str, field_name: str) -> float:
+    """doc[key][field_name] when it is a number, else 0 (worker reports are read defensively)."""
+    inner = doc.get(key)
+    value = inner.get(field_name) if isinstance(inner, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def sorted_read(query: dict[str, Any]) -> dict[str, Any]:
+    """The query, made to read newest-first from an index: the (queue|path, status, _id) indexes
+    give `_id` order only per status, so a queue or path without a status lists every status
+    (MongoDB then merges the per-status ranges instead of sorting every matching job)."""
+    if "status" in query or isinstance(query.get("_id"), ObjectId):
+        return query
+    if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str):
+        return {**query, "status": {"$in": list(ALL_STATUSES)}}
+    return query
+
+
+@dataclass
+class JobList:
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    next: ObjectId | None = None
+    prev: ObjectId | None = None
