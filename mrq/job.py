@@ -163,8 +163,16 @@ def queue_jobs(
             store.jobs.insert_many(batch, ordered=ids is None, bypass_document_validation=True)
         except pymongo.errors.BulkWriteError as exc:
             errors = exc.details.get("writeErrors") or [{}]
-            if ids is None or any(error.get("code") != 11000 for error in errors):
-                raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+            refused = [error for error in errors if error.get("code") != 11000]
+            if refused or ids is None:
+                # The server refused a document (a validator, a limit): not an outage. Remove what
+                # this batch inserted so that the error means "these were not queued".
+                store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}, "status": QUEUED})
+                first = (refused or errors)[0]
+                raise InvalidJob(
+                    f"MongoDB refused job #{start + int(first.get('index', 0))}: {first.get('errmsg', exc)}"
+                    + (f" ({len(queued)} jobs of earlier batches were queued)" if queued else "")
+                ) from None
             existing = {error["index"] for error in errors}  # these ids were queued before: skip them
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
