@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -74,7 +75,8 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
             from redis.cluster import RedisCluster
 
             cluster_uri = "redis://" + uri.split("://", 1)[1]
-            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections, **common)
+            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections,
+                                                connection_class=CountingConnection, **common)
             return client  # type: ignore[no-any-return,unused-ignore]
     except (ValueError, redis.exceptions.RedisError) as exc:
         raise ConfigError(f"invalid Redis URI {redact_uri(uri)}: {_first_line(exc)}") from None
@@ -82,6 +84,35 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
         f"invalid Redis URI {redact_uri(uri)}: expected redis://, rediss://, unix://, redis+sentinel:// "
         "or redis+cluster://"
     )
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def execute_and_publish(pipe: Any, client: Any, messages: Iterable[tuple[str, str]]) -> list[Any]:
+    """Execute a non-transactional pipeline and PUBLISH `(channel, message)` pairs after its
+    commands: in the same round trip on a single Redis; on a Redis Cluster, whose pipelines refuse
+    PUBLISH (the command has no key to route it by), one PUBLISH each right after the pipeline;
+    a failure there is ignored (a wake-up is best effort: idle workers look at their queues every
+    few seconds), so that a caller never retries writes that were applied.
+    Returns the pipeline's replies (without those of the PUBLISH commands)."""
+    messages = list(messages)
+    if is_cluster(pipe):
+        replies = pipe.execute()
+        for channel, message in messages:
+            try:
+                client.publish(channel, message)
+            except (redis.exceptions.RedisError, OSError):
+                pass
+        return list(replies)
+    for channel, message in messages:
+        pipe.publish(channel, message)
+    replies = pipe.execute()
+    return list(replies[:len(replies) - len(messages)])
 
 
 def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:

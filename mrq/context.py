@@ -14,7 +14,8 @@ from typing import Any
 from . import current
 from .config import Settings
 from .exceptions import MrqError
-from .job import queue_job, queue_jobs
+from .helpers import metric
+from .job import queue_job, queue_jobs, queue_raw_jobs
 from .subpool import subpool_imap, subpool_map
 from .task import load_task
 
@@ -25,8 +26,10 @@ __all__ = [
     "get_current_job",
     "get_current_worker",
     "log",
+    "metric",
     "queue_job",
     "queue_jobs",
+    "queue_raw_jobs",
     "retry_current_job",
     "run_task",
     "set_current_job_progress",

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from . import current
+from .connections import is_cluster
 
 log = logging.getLogger("mrq.helpers")
 
@@ -31,7 +32,9 @@ def ratelimit(key: str, limit: int, per: float = 1, redis: redis.Redis | None = 
     client = redis or store.redis
     window = int(time.time() // per)
     name = store.keys.ratelimit(key, window)
-    pipe = client.pipeline(transaction=True)
+    # MULTI on a single Redis; a Redis Cluster client (redis-py 5) refuses transactions, and INCR
+    # is atomic by itself: the EXPIRE in the same round trip only bounds the key's life.
+    pipe = client.pipeline(transaction=not is_cluster(client))
     pipe.incr(name)
     pipe.expire(name, int(per) + 10)
     count = int(pipe.execute()[0])

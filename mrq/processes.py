@@ -161,6 +161,11 @@ def _config_path(path: Path | str) -> str:
     return text
 
 
+#: Environment variable telling a supervised worker its number (0..N-1): with --admin_port P, process
+#: k listens on P + k.
+PROCESS_NUM_ENV = "MRQ_PROCESS_NUM"
+
+
 def render_config(command: Sequence[str], processes: int, directory: Path, *, burst: bool = False,
                   stdout: str = "/dev/stdout") -> str:
     """The supervisord configuration: control socket, own log and pid file in `directory`, and
@@ -193,6 +198,7 @@ supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface
 command={" ".join(config_quote(arg) for arg in command)}
 process_name=%(program_name)s_%(process_num)d
 numprocs={processes}
+environment={PROCESS_NUM_ENV}="%(process_num)d"
 autostart=true
 autorestart={autorestart}
 exitcodes=0

@@ -24,15 +24,31 @@ def eviction_warning(client: redis.Redis) -> str | None:
     """Redis may evict keys under memory pressure unless maxmemory-policy is noeviction: then
     queued jobs can vanish."""
     try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        policies = _policies(client)
     except redis.exceptions.ResponseError:
         return None  # CONFIG is disabled (a managed Redis): nothing to check
-    if isinstance(policy, bytes):
-        policy = policy.decode()
-    if policy and policy != "noeviction":
-        return (f"Redis maxmemory-policy is {policy!r}: under memory pressure Redis may delete queued jobs. "
+    bad = sorted({p for p in policies if p and p != "noeviction"})
+    if bad:
+        return (f"Redis maxmemory-policy is {bad[0]!r}: under memory pressure Redis may delete queued jobs. "
                 "Set `maxmemory-policy noeviction` (and enable AOF persistence).")
     return None
+
+
+def _policies(client: redis.Redis) -> list[str]:
+    """maxmemory-policy of the server, or of every master of a Redis Cluster."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        replies = client.config_get("maxmemory-policy", target_nodes=RedisCluster.PRIMARIES)
+        values = replies.values() if isinstance(replies, dict) and all(isinstance(v, dict) for v in
+                                                                         replies.values()) else [replies]
+    else:
+        values = [client.config_get("maxmemory-policy")]
+    policies = []
+    for value in values:
+        policy = value.get("maxmemory-policy") if isinstance(value, dict) else None
+        policies.append(policy.decode() if isinstance(policy, bytes) else str(policy or ""))
+    return policies
 
 
 def clock_skew(client: redis.Redis, clock: Callable[[], float] = time.time) -> float:

@@ -361,3 +361,27 @@ def test_output_reaches_any_stdout(store: Store, mrq_settings: Settings, tmp_pat
             proc.wait()
         if kind == "socket":
             ours.close()
+
+
+def test_each_supervised_process_gets_its_own_admin_port(store: Any, worker_factory: Any) -> None:
+    import json
+    import urllib.request
+
+    from mrq.testing.stack import free_port, port_open
+
+    base = free_port()
+    while port_open(base + 1):
+        base = free_port()
+    worker_factory("--processes", "2", "--admin_port", str(base))
+
+    def pids() -> set[int]:
+        found = set()
+        for port in (base, base + 1):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/report", timeout=2) as response:
+                    found.add(json.loads(response.read())["pid"])
+            except OSError:
+                return set()
+        return found
+
+    assert len(wait_until(pids, 20, message="both admin ports answering")) == 2

@@ -236,3 +236,11 @@ def test_max_concurrency_across_workers(store: Store, worker_factory: Any) -> No
     assert counter["peak"] == 2  # used the 2 slots, never more
     assert max(d["result"] for d in store.jobs.find({"_id": {"$in": ids}})) <= 2
     assert store.redis.zcard(store.keys.concurrency("tests.tasks.general.Concurrent")) == 0  # slots released
+
+
+def test_mrq_style_max_concurrency_class_attribute(store: Store, worker_factory: Any) -> None:
+    ids = queue_jobs("tests.tasks.general.ConcurrentOne", [{"seconds": 0.3}] * 4)
+    worker_factory("--greenlets", "4")
+    wait_until(lambda: store.jobs.count_documents({"_id": {"$in": ids}, "status": "success"}) == 4, 30,
+               message="4 limited jobs done")
+    assert store.connections.mongodb_jobs.concurrency.find_one({"_id": "counter"})["peak"] == 1

@@ -46,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings, sys.stdout)
     if settings.processes > 0 and not is_subprocess():
         return supervise(settings, args)
+    if is_subprocess() and settings.admin_port:
+        from ..processes import PROCESS_NUM_ENV
+
+        # Each supervised process gets its own admin port: P, P+1, ... P+N-1.
+        settings = settings.replace(admin_port=settings.admin_port + int(os.environ.get(PROCESS_NUM_ENV) or 0))
     try:
         worker = Worker(settings)
     except (InvalidQueueName, ConfigError) as exc:

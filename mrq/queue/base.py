@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import current
+from ..connections import execute_and_publish
 from ..stats import RETENTION, minute_of
 from ..storage.keys import validate_queue_name
 from ..store import strings
@@ -83,10 +84,10 @@ class Queue:
         when the queue ran dry, the unix time at which its next job becomes due (or None)."""
         raise NotImplementedError
 
-    def _note_pushed(self, pipe: Any, count: int) -> None:
-        """Bookkeeping shared by every push: the known-queues set (and the root's subqueue set),
-        the throughput counter, the wake-up notification. Cheap writes are repeated once a minute
-        at most per process."""
+    def _execute_push(self, pipe: Any, count: int) -> None:
+        """Add the bookkeeping shared by every push to a pipeline holding the push itself, execute
+        it and wake the workers: the known-queues set (and the root's subqueue set), the throughput
+        counter, the notification. Cheap writes are repeated once a minute at most per process."""
         store = self.store
         keys = store.keys
         if store.note_once("queue:" + self.name):
@@ -97,7 +98,7 @@ class Queue:
         pipe.hincrby(keys.stats(minute), f"in:{self.name}", count)
         if store.note_once(f"stats:{minute}"):
             pipe.expire(keys.stats(minute), RETENTION)
-        pipe.publish(keys.notify_channel(self.name), str(count))
+        execute_and_publish(pipe, store.redis, [(keys.notify_channel(self.name), str(count))])
 
 
 # --- pause / resume (every kind) ------------------------------------------------------------------

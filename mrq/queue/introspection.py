@@ -57,13 +57,14 @@ def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]
             pipe.lindex(keys.queue_ids(name), 0)
         else:
             getattr(pipe, _SIZE_COMMAND[kind])(keys.raw_queue(name))
-            pipe.echo(b"0")
-            pipe.echo(b"")
-    replies = pipe.execute() if names else []
+    replies = iter(pipe.execute() if names else [])
     now = time.time()
     infos = []
-    for index, name in enumerate(names):
-        size, delayed, oldest = replies[3 * index:3 * index + 3]
+    for name in names:
+        if queue_kind(name) == "regular":
+            size, delayed, oldest = next(replies), next(replies), next(replies)
+        else:
+            size, delayed, oldest = next(replies), 0, None
         age = None
         if oldest:
             oldest_id = oldest.decode() if isinstance(oldest, bytes) else str(oldest)

@@ -139,8 +139,7 @@ class RawQueue(Queue):
             return 0
         pipe = self.store.redis.pipeline(transaction=False)
         self._add(pipe, members)
-        self._note_pushed(pipe, len(members))
-        pipe.execute()
+        self._execute_push(pipe, len(members))
         hook = self.store.settings.metric_hook
         emit_metric(hook, f"queues.{self.name}.enqueued", len(members))
         emit_metric(hook, "queues.all.enqueued", len(members))

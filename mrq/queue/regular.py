@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..connections import execute_and_publish
 from ..store import strings
 from .base import Queue
 
@@ -30,8 +31,7 @@ class RegularQueue(Queue):
             pipe.lpush(keys.queue_ids(self.name), *ids)
         else:
             pipe.rpush(keys.queue_ids(self.name), *ids)
-        self._note_pushed(pipe, len(ids))
-        pipe.execute()
+        self._execute_push(pipe, len(ids))
 
     def push_delayed(self, ids_and_times: dict[str, float]) -> None:
         """Schedule job ids to go back on the queue at the given unix times."""
@@ -44,8 +44,8 @@ class RegularQueue(Queue):
             pipe.sadd(store.keys.known_queues, self.name)
             if self.is_subqueue:
                 pipe.sadd(store.keys.subqueues(self.root), self.name)
-        pipe.publish(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")
-        pipe.execute()
+        execute_and_publish(pipe, store.redis,
+                            [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
 
     def forget(self, job_id: str, *, delayed_only: bool = False) -> None:
         """Remove one id from the queue (a cancelled job). Workers skip such ids anyway; this keeps

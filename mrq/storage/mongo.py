@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pymongo
+import pymongo.collection
 import pymongo.database
 import pymongo.errors
 from pymongo import ASCENDING, DESCENDING
@@ -42,7 +43,8 @@ INDEXES: dict[str, list[Index]] = {
         # Jobs list by task path (+status), task path statistics.
         Index([("path", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], "path_status_id"),
         # Running jobs of a worker (recovery of a dead worker's jobs; worker page).
-        Index([("worker", ASCENDING), ("status", ASCENDING)], "worker_status", {"sparse": True}),
+        Index([("worker", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], "worker_status_id",
+              {"sparse": True}),
         # Exceptions grouped by type.
         Index([("exceptiontype", ASCENDING), ("_id", DESCENDING)], "exceptiontype_id", {"sparse": True}),
         # Retry jobs that are due (RequeueRetryJobs safety net).
@@ -68,6 +70,27 @@ INDEXES: dict[str, list[Index]] = {
 }
 
 
+def _existing(collection: pymongo.collection.Collection) -> tuple[set[str], set[tuple[tuple[str, int], ...]]]:
+    """Names and key patterns of a collection's indexes (none when it does not exist yet)."""
+    try:
+        infos = list(collection.list_indexes())
+    except pymongo.errors.OperationFailure:  # the collection does not exist yet
+        return set(), set()
+    return {info["name"] for info in infos}, {_pattern(info["key"].items()) for info in infos}
+
+
+def _pattern(keys: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((name, int(direction)) for name, direction in keys)
+
+
+def _missing(collection: pymongo.collection.Collection, indexes: list[Index]) -> list[Index]:
+    """The indexes the collection lacks. An index on the same keys under another name (MRQ 0.9
+    created `dateexpires_1`, `status_1`, `hash_1`...) counts as present: MongoDB refuses a second
+    index on the same keys, and the existing one serves the same queries."""
+    names, patterns = _existing(collection)
+    return [index for index in indexes if index.name not in names and _pattern(index.keys) not in patterns]
+
+
 def ensure_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.database.Database | None) -> list[str]:
     """Create the missing indexes; returns the names created. Logs indexes go to the logs database."""
     created: list[str] = []
@@ -75,12 +98,9 @@ def ensure_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.database
         db = logs_db if collection_name == LOGS else jobs_db
         if db is None:
             continue
-        collection = db[collection_name]
-        existing = {info["name"] for info in collection.list_indexes()} if collection_name in set(
-            db.list_collection_names(filter={"name": collection_name})) else set()
-        missing = [index for index in indexes if index.name not in existing]
+        missing = _missing(db[collection_name], indexes)
         if missing:
-            created.extend(collection.create_indexes([index.model() for index in missing]))
+            created.extend(db[collection_name].create_indexes([index.model() for index in missing]))
     return created
 
 
@@ -91,9 +111,5 @@ def missing_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.databas
         db = logs_db if collection_name == LOGS else jobs_db
         if db is None:
             continue
-        try:
-            existing = {info["name"] for info in db[collection_name].list_indexes()}
-        except pymongo.errors.OperationFailure:  # the collection does not exist yet
-            existing = set()
-        missing.extend(f"{collection_name}.{index.name}" for index in indexes if index.name not in existing)
+        missing.extend(f"{collection_name}.{index.name}" for index in _missing(db[collection_name], indexes))
     return missing

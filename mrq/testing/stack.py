@@ -162,12 +162,14 @@ class RedisServer(ServerProcess):
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, workdir: str | None = None, binary: str = "redis-server") -> None:
+    def __init__(self, port: int | None = None, workdir: str | None = None, binary: str = "redis-server",
+                 args: Sequence[str] = ()) -> None:
         super().__init__(port, workdir)
         resolved = shutil.which(binary)
         if resolved is None:
             raise RuntimeError("redis-server not found on PATH (Debian: apt-get install -y redis-server)")
         self.binary = resolved
+        self.args = list(args)  # more options, e.g. ["--replicaof", "127.0.0.1", "6379"]
 
     def command(self) -> Sequence[str]:
         return [
@@ -179,6 +181,7 @@ class RedisServer(ServerProcess):
             "--dir", str(self.workdir),
             "--maxmemory-policy", "noeviction",
             "--protected-mode", "yes",
+            *self.args,
         ]
 
     @property
@@ -197,3 +200,149 @@ class MongoTestServer(ServerProcess):
     @property
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}"
+
+
+class RedisClusterNode(RedisServer):
+    """One master of a test Redis Cluster (cluster mode on, its nodes file in its own directory)."""
+
+    name = "redis-cluster-node"
+
+    def __init__(self, port: int | None = None, workdir: str | None = None, binary: str = "redis-server") -> None:
+        super().__init__(port, workdir, binary)
+        self.bus_port = free_port()  # explicit (Redis >= 7): the default port + 10000 may be taken or too high
+
+    def command(self) -> Sequence[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-port", str(self.bus_port),
+            "--cluster-node-timeout", "5000",
+        ]
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` redis-server processes (no replicas) on free loopback ports,
+    each in its own temporary directory. The 16384 slots are split evenly (CLUSTER ADDSLOTS) and
+    the nodes introduced to each other (CLUSTER MEET), as `redis-cli --cluster create` does;
+    start() returns once every node says the cluster is ok and knows every other node."""
+
+    def __init__(self, masters: int = 3, binary: str = "redis-server") -> None:
+        if masters < 1:
+            raise ValueError("a cluster needs at least one master")
+        self.nodes = [RedisClusterNode(binary=binary) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """The mrq URI of the cluster (any node is a valid entry point)."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        import redis
+
+        clients: list[Any] = []
+        try:
+            for node in self.nodes:
+                node.start()
+            clients = [redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5) for node in self.nodes]
+            per_node = 16384 // len(self.nodes)
+            for index, client in enumerate(clients):
+                first = index * per_node
+                last = 16383 if index == len(self.nodes) - 1 else first + per_node - 1
+                client.execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))
+                client.execute_command("CLUSTER SET-CONFIG-EPOCH", index + 1)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.bus_port)
+            deadline = time.monotonic() + timeout
+            while not all(self._ready(client) for client in clients):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the Redis Cluster did not become ready within {timeout:g}s: "
+                                       f"{[client.cluster('INFO').get('cluster_state') for client in clients]}")
+                time.sleep(0.05)
+        except Exception:
+            self.close()
+            raise
+        finally:
+            for client in clients:
+                client.close()
+
+    def _ready(self, client: Any) -> bool:
+        fields = client.cluster("INFO")  # parsed by redis-py into a dict of strings
+        return fields.get("cluster_state") == "ok" and int(fields.get("cluster_known_nodes", 0)) == len(self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisSentinel(ServerProcess):
+    """A Redis Sentinel (`redis-server <conf> --sentinel`) monitoring one master as `service`, with
+    a quorum of 1 and short timeouts (a failover takes a second or two). Sentinel rewrites its
+    configuration file, so it lives in the sentinel's own directory."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, master_port: int, service: str = "mymaster", port: int | None = None,
+                 binary: str = "redis-server") -> None:
+        super().__init__(port)
+        resolved = shutil.which(binary)
+        if resolved is None:
+            raise RuntimeError("redis-server not found on PATH (Debian: apt-get install -y redis-server)")
+        self.binary = resolved
+        self.service = service
+        self.master_port = master_port
+
+    def command(self) -> Sequence[str]:
+        conf = self.workdir / "sentinel.conf"
+        if not conf.exists():
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+        return [self.binary, str(conf), "--sentinel"]
+
+    @property
+    def url(self) -> str:
+        """The mrq URI of the monitored master, through this sentinel."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def master_address(self) -> tuple[str, int] | None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        try:
+            found = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
+        finally:
+            client.close()
+        if not found:
+            return None
+        host, port = found
+        return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
+
+    def failover(self, timeout: float = 20.0) -> None:
+        """Promote a replica now (SENTINEL FAILOVER), without waiting for the master to fail. Retries
+        while the sentinel has no replica in a good state yet (NOGOODSLAVE: just discovered)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.execute_command("SENTINEL FAILOVER", self.service)
+                    return
+                except redis.exceptions.ResponseError as exc:
+                    if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.1)
+        finally:
+            client.close()

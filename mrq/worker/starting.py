@@ -25,7 +25,9 @@ from bson import ObjectId
 from .. import job as jobs
 from ..backoff import retry_through_outage
 from ..clock import utcnow
+from ..exceptions import TaskNotFound
 from ..queue import Queue, RawQueue
+from ..task import load_task
 from .execution import RunningJob, format_exception
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class JobStarter:
         self.oid = worker_oid
         self.running = running
         self.pending_ids = pending_ids
+        self._limits: dict[str, int] = {}
 
     def start(self, taken: list[tuple[Queue, list[Any]]]) -> list[RunningJob]:
         started: list[RunningJob] = []
@@ -89,7 +92,9 @@ class JobStarter:
                 drop.setdefault(queue_of[job_id].name, []).append(job_id)
                 self._release_slot(doc)
                 continue
-            started.append(RunningJob(ours[job_id], queue_of[job_id].name, self.store))
+            job = RunningJob(ours[job_id], queue_of[job_id].name, self.store)
+            job.max_concurrency = self.limit_of(job.path or "")
+            started.append(job)
         if drop:
             self._drop(drop)
         return started
@@ -134,20 +139,21 @@ class JobStarter:
 
     def _take_slots(self, docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Split the documents into (may start, held back for lack of a free slot)."""
-        limited = [(doc, self.store.task_settings(doc.get("path") or "")) for doc in docs]
-        limited = [(doc, ts) for doc, ts in limited if ts.max_concurrency]
+        limited = [(doc, self.store.task_settings(doc.get("path") or ""), self.limit_of(doc.get("path") or ""))
+                   for doc in docs]
+        limited = [(doc, ts, limit) for doc, ts, limit in limited if limit]
         if not limited:
             return docs, []
         now = time.time()
         pipe = self.store.redis.pipeline(transaction=False)
-        for doc, ts in limited:
+        for doc, ts, limit in limited:
             self.store.scripts.acquire_slot(
                 keys=[self.store.keys.concurrency(doc["path"])],
-                args=[str(doc["_id"]), ts.max_concurrency, repr(now), repr(now + ts.timeout + 60)],
+                args=[str(doc["_id"]), limit, repr(now), repr(now + ts.timeout + 60)],
                 client=pipe,
             )
         granted = retry_through_outage(pipe.execute, "Redis concurrency slots", log)
-        held_ids = {doc["_id"] for (doc, _), ok in zip(limited, granted, strict=True) if not ok}
+        held_ids = {doc["_id"] for (doc, _, _), ok in zip(limited, granted, strict=True) if not ok}
         return [d for d in docs if d["_id"] not in held_ids], [d for d in docs if d["_id"] in held_ids]
 
     def _hold_back(self, queue: str, job_id: str) -> None:
@@ -159,8 +165,23 @@ class JobStarter:
             args=[job_id, "d", repr(due)],
         ), "Redis hold back", log)
 
+    def limit_of(self, path: str) -> int:
+        """The task's max_concurrency: TASKS first, else MRQ's `Task.max_concurrency` class
+        attribute (0: no limit)."""
+        limit = self._limits.get(path)
+        if limit is None:
+            limit = self.store.task_settings(path).max_concurrency
+            if not limit:
+                try:
+                    task_class = getattr(load_task(path), "task_class", None)
+                except TaskNotFound:
+                    task_class = None  # the job will fail with the reason; no slot needed
+                limit = max(0, int(getattr(task_class, "max_concurrency", 0) or 0))
+            self._limits[path] = limit
+        return limit
+
     def _release_slot(self, doc: dict[str, Any]) -> None:
-        if self.store.task_settings(doc.get("path") or "").max_concurrency:
+        if self.limit_of(doc.get("path") or ""):
             self.store.redis.zrem(self.store.keys.concurrency(doc["path"]), str(doc["_id"]))
 
     # --- raw ----------------------------------------------------------------------------------------

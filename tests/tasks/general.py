@@ -186,3 +186,9 @@ class DoIo(Task):
             with urllib.request.urlopen(params["url"], timeout=5) as response:
                 response.read()
         return "done"
+
+
+class ConcurrentOne(Concurrent):
+    """MRQ style: the limit as a class attribute."""
+
+    max_concurrency = 1
