@@ -87,6 +87,13 @@ _SORT_RANKS = {type(None): 5, int: 10, Int64: 10, float: 10, str: 15, ObjectId: 
 _EQ_KINDS = {type(None): "null", int: "num", Int64: "num", float: "num", str: "str", ObjectId: "oid", bool: "bool",
              datetime: "date"}
 # fmt: on
+#: How MongoDB spells the commands in ``serverStatus().metrics.commands`` (clients may send any case).
+_CANONICAL_NAMES = {name.lower(): name for name in (
+    "insert", "update", "delete", "find", "getMore", "findAndModify", "aggregate", "count", "distinct", "create",
+    "drop", "dropDatabase", "createIndexes", "listIndexes", "dropIndexes", "listCollections", "listDatabases",
+    "renameCollection", "collStats", "dbStats", "killCursors", "hello", "isMaster", "ping", "buildInfo",
+    "serverStatus", "endSessions", "killSessions", "killAllSessions", "commitTransaction", "abortTransaction",
+)}  # fmt: skip
 _UNSUPPORTED_FIND_OPTIONS = ("tailable", "awaitData", "min", "max", "returnKey", "showRecordId")
 _INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
 _COUNT_STAGE = {"$group": {"_id": 1, "n": {"$sum": 1}}}  # what pymongo's count_documents ends with
@@ -408,6 +415,8 @@ class Engine:
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("cmd_")
         }
         self.handlers["ismaster"] = self.cmd_hello
+        self.opcounters = dict.fromkeys(("insert", "query", "update", "delete", "getmore", "command"), 0)
+        self.command_counts: dict[str, list[int]] = {}  # name -> [total, failed]
         for name in ("ping", "endsessions", "killsessions", "killallsessions"):
             self.handlers[name] = lambda db, cmd, conn_id: {"ok": 1.0}
 
@@ -428,8 +437,40 @@ class Engine:
         name = next(iter(cmd), "")
         handler = self.handlers.get(name.lower())
         if handler is None:
+            self._count("<UNKNOWN>", failed=True)
             raise CommandError(59, f"no such command: '{name}'")
-        return handler(db, cmd, conn_id)
+        try:
+            reply = handler(db, cmd, conn_id)
+        except Exception:
+            self._count(name, cmd, failed=True)
+            raise
+        self._count(name, cmd)
+        return reply
+
+    # ---- per-command counters, shaped like serverStatus().opcounters and metrics.commands
+    def _count(self, name: str, cmd: Doc | None = None, failed: bool = False) -> None:
+        """Count one command as MongoDB does: per command in ``metrics.commands.<name>``, and in
+        ``opcounters`` per inserted document, per update/delete statement, per find and getMore,
+        and per other command."""
+        name = _CANONICAL_NAMES.get(name.lower(), name)
+        entry = self.command_counts.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += failed
+        ops = self.opcounters
+        if cmd is None:
+            ops["command"] += 1
+        elif name == "insert":
+            ops["insert"] += len(cmd.get("documents") or ())
+        elif name == "update":
+            ops["update"] += len(cmd.get("updates") or ())
+        elif name == "delete":
+            ops["delete"] += len(cmd.get("deletes") or ())
+        elif name == "find":
+            ops["query"] += 1
+        elif name == "getMore":
+            ops["getmore"] += 1
+        else:
+            ops["command"] += 1
 
     def coll(self, db: str, name: Any) -> FastCollection:
         if not isinstance(name, str) or not name or "$" in name or "\x00" in name:
@@ -543,9 +584,16 @@ class Engine:
                 "debug": False, "maxBsonObjectSize": MAX_BSON_SIZE, "ok": 1.0}  # fmt: skip
 
     def cmd_serverstatus(self, db: str, cmd: Doc, conn_id: int) -> Doc:
+        """The parts of MongoDB's serverStatus this server keeps. ``opcounters`` and
+        ``metrics.commands`` count every command answered before this one (a command is counted
+        when it ends; ``failed`` counts the ``ok: 0`` replies)."""
+        commands = {name: {"failed": Int64(failed), "total": Int64(total)}
+                    for name, (total, failed) in sorted(self.command_counts.items())}
         return {"host": socket.gethostname(), "version": SERVER_VERSION, "process": "mrq-test-mongod",
                 "uptime": time.monotonic() - self.started, "localTime": datetime.now(UTC),
-                "connections": {"totalCreated": conn_id}, "ok": 1.0}  # fmt: skip
+                "connections": {"totalCreated": conn_id},
+                "opcounters": {name: Int64(value) for name, value in self.opcounters.items()},
+                "metrics": {"commands": commands}, "ok": 1.0}  # fmt: skip
 
     def cmd_committransaction(self, db: str, cmd: Doc, conn_id: int) -> Doc:
         raise CommandError(20, "Transactions are not supported by this test server (a standalone)")
