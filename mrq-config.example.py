@@ -41,6 +41,7 @@ DEFAULT_JOB_CANCEL_TTL = 24 * 3600  # seconds a cancelled job is kept
 DEFAULT_JOB_TTL = 180 * 24 * 3600  # seconds a job in any other final status (failed, timeout...) is kept
 DEFAULT_JOB_MAX_RETRIES = 3  # retries allowed by retry_current_job() by default
 DEFAULT_JOB_RETRY_DELAY = 3.0  # seconds before a retried job runs again by default
+RETRY_ON_CONNECTION_ERRORS = True  # a task failing on a Redis/MongoDB connection error is retried (backoff)
 
 # --- Worker (mrq-worker) -------------------------------------------------------------------------------
 QUEUES = ["default"]  # queues to listen on, highest priority first; "crawl/" takes every crawl/... subqueue

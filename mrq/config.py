@@ -214,6 +214,9 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0),
     Option("default_job_retry_delay", _parse_float, 3.0, "Seconds before a retried job runs again by default.",
            minimum=0),
+    Option("retry_on_connection_errors", _parse_bool, True,
+           "A job whose task raised a Redis or MongoDB connection error (an outage, a failover) is retried with "
+           "exponential backoff from retry_delay, within max_retries, instead of failing."),
     # --- worker
     Option("queues", _parse_str_list, ["default"],
            "Queues to listen on, highest priority first; `name/` also takes every subqueue `name/...`.",

@@ -140,12 +140,14 @@ def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
 # --- MongoDB --------------------------------------------------------------------------------------
 
 
-def make_mongo(uri: str, *, timeout: float = 5.0) -> pymongo.MongoClient:
+def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None) -> pymongo.MongoClient:
+    """`timeout` bounds connecting; `patience` (default: timeout) is how long an operation waits for
+    a server to be selected, e.g. through a failover or a hung server."""
     ms = int(timeout * 1000)
     try:
         return pymongo.MongoClient(
             uri,
-            serverSelectionTimeoutMS=ms,
+            serverSelectionTimeoutMS=int((patience or timeout) * 1000),
             connectTimeoutMS=ms,
             socketTimeoutMS=max(ms * 6, 30_000),
             appname="mrq",
@@ -165,8 +167,12 @@ def mongo_database_name(uri: str, default: str = "mrq") -> str:
 class Connections:
     """The Redis and MongoDB clients of one process, created lazily from the settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, patience: float | None = None) -> None:
+        """`patience`: seconds MongoDB operations wait for a usable server (default: the
+        mongodb_timeout setting). Workers are patient, so that a task's own MongoDB calls ride out
+        a short outage instead of failing the job; producers and the dashboard fail fast."""
         self.settings = settings
+        self.patience = patience
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
@@ -197,7 +203,7 @@ class Connections:
             with self._lock:
                 client = self._mongo_clients.get(uri)
                 if client is None:
-                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout)
+                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout, patience=self.patience)
                     self._mongo_clients[uri] = client
         return client
 
@@ -235,7 +241,8 @@ class Connections:
             uris.append(self.settings.mongodb_logs)
         for uri in uris:
             try:
-                self._mongo_client(uri).admin.command("ping")
+                with pymongo.timeout(self.settings.mongodb_timeout):  # a clear error within a few seconds
+                    self._mongo_client(uri).admin.command("ping")
             except pymongo.errors.OperationFailure as exc:
                 raise StoreUnavailable(f"MongoDB at {redact_uri(uri)} refused the command: "
                                        f"{redact_text(_first_line(exc), uri)}") from None

@@ -39,8 +39,10 @@ def wait_all(store: Store, ids: list[Any], status: str = "success", timeout: flo
         wait_until(lambda: store.jobs.count_documents({"_id": {"$in": ids}, "status": status}) == len(ids),
                    timeout, interval=0.1, message=f"{len(ids)} jobs {status}")
     except TimeoutError:
-        statuses = {d["status"] for d in store.jobs.find({"_id": {"$in": ids}}, {"status": 1})}
-        raise AssertionError(f"not all {status}: statuses seen {statuses}") from None
+        docs = list(store.jobs.find({"_id": {"$in": ids}}, {"status": 1, "traceback": 1}))
+        statuses = {d["status"] for d in docs}
+        odd = [d.get("traceback", "")[-600:] for d in docs if d["status"] != status][:2]
+        raise AssertionError(f"not all {status}: statuses seen {statuses}; {odd}") from None
 
 
 def test_kill_9_mid_job_loses_nothing(store: Store, worker_factory: Any) -> None:
@@ -204,7 +206,10 @@ def test_frozen_mongodb_is_waited_for(mrq_settings: Settings, own_mongo: MongoTe
         assert worker.running
         assert cpu_frozen < 3, f"worker used {cpu_frozen:.1f}s of CPU while MongoDB was frozen (busy loop?)"
         wait_all(store, ids, timeout=90)
-        assert sum(executions(store).values()) == 60
+        # A task whose own MongoDB call was cut by the outage was retried (not failed): each such
+        # retry explains at most one more execution.
+        retries = sum(d.get("retry_count", 0) for d in store.jobs.find({"_id": {"$in": ids}}))
+        assert 60 <= sum(executions(store).values()) <= 60 + retries
     finally:
         current.reset()
 

@@ -306,3 +306,16 @@ def test_abort_a_running_job_from_outside(store: Store, worker_factory: Any) -> 
     assert wait_status(other, "success")["result"] == "slept"
     with pytest.raises(InvalidStatusTransition, match="not running"):
         Job(other).abort_running()
+
+
+def test_a_connection_error_in_a_task_is_retried_not_failed(store: Store, worker_factory: Any) -> None:
+    worker_factory(env={"MRQ_DEFAULT_JOB_RETRY_DELAY": "0.2"})
+    data = wait_status(queue_job(f"{TASKS}.FlakyConnection", {}), "success")
+    assert data["result"] == "reconnected" and data["retry_count"] == 1
+    assert data["traceback_history"][0]["exceptiontype"] == "AutoReconnect"
+
+
+def test_connection_error_retries_can_be_turned_off(store: Store, worker_factory: Any) -> None:
+    worker_factory(env={"MRQ_RETRY_ON_CONNECTION_ERRORS": "0"})
+    data = wait_status(queue_job(f"{TASKS}.FlakyConnection", {}), "failed")
+    assert data["exceptiontype"] == "AutoReconnect"

@@ -30,6 +30,7 @@ from .. import current, maintenance
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
+from ..connections import Connections
 from ..exceptions import AbortInterrupt, ConfigError, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
@@ -70,7 +71,9 @@ EXIT_STORE_UNAVAILABLE = 3
 class Worker:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or Store(settings)
+        # Patient MongoDB clients: a task's own calls wait out a short outage (a failover, a hung
+        # server) rather than failing the job.
+        self.store = store or Store(settings, Connections(settings, patience=max(60.0, settings.mongodb_timeout)))
         self.oid = ObjectId()
         self.id = str(self.oid)
         self.name = settings.name or f"{socket.gethostname().split('.')[0]}.{os.getpid()}"

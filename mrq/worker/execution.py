@@ -17,6 +17,8 @@ from typing import Any
 
 import bson
 import bson.errors
+import pymongo.errors
+import redis.exceptions
 from bson import ObjectId
 from gevent import Greenlet
 
@@ -38,6 +40,16 @@ from ..task import load_task
 
 MAX_TRACEBACK_CHARS = 64 * 1024
 MAX_RESULT_BYTES = 15 * 1024 * 1024
+MAX_OUTAGE_RETRY_DELAY = 300.0
+#: Exceptions that mean "the store is unreachable" rather than "the task is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    pymongo.errors.ConnectionFailure,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
 
 
 class RunningJob(Job):
@@ -155,6 +167,13 @@ def execute(job: RunningJob, worker_oid: ObjectId) -> Outcome:
             return _error(jobs.INTERRUPT, sys.exc_info(), worker_oid, utcnow(), "ShutdownInterrupt")
         if job.aborted:
             return _error(jobs.ABORT, sys.exc_info(), worker_oid, utcnow(), "AbortInterrupt")
+        if isinstance(sys.exc_info()[1], CONNECTION_ERRORS) and job.store.settings.retry_on_connection_errors \
+                and job.retry_count < job.settings.max_retries:
+            # An outage (or a failover) is not the task's fault: run it again later.
+            outcome = _error(jobs.RETRY, sys.exc_info(), worker_oid, utcnow())
+            delay = min(job.settings.retry_delay * (2 ** job.retry_count), MAX_OUTAGE_RETRY_DELAY)
+            outcome.retry = RetryInterrupt(delay, job.queue or jobs.DEFAULT_QUEUE, job.retry_count + 1)
+            return outcome
         return _error(jobs.FAILED, sys.exc_info(), worker_oid, utcnow())
     # The task returned. A task that swallowed its timeout or interrupt does not get a success.
     if job.timed_out or job.interrupted or job.aborted:

@@ -192,3 +192,14 @@ class ConcurrentOne(Concurrent):
     """MRQ style: the limit as a class attribute."""
 
     max_concurrency = 1
+
+
+class FlakyConnection(Task):
+    """Raises a connection error on its first run (an outage as seen by task code)."""
+
+    def run(self, params):
+        import pymongo.errors
+
+        if get_current_job().retry_count == 0:
+            raise pymongo.errors.AutoReconnect("connection reset by the database")
+        return "reconnected"
