@@ -303,6 +303,7 @@ class Worker:
             if taken:
                 self.set_status("spawn")
                 self.start_jobs(taken)
+                gevent.sleep(0)  # let the new jobs start before looking at the queues again
                 continue
             self.last_empty_take = time.monotonic()
             if burst:

@@ -203,3 +203,10 @@ class FlakyConnection(Task):
         if get_current_job().retry_count == 0:
             raise pymongo.errors.AutoReconnect("connection reset by the database")
         return "reconnected"
+
+
+class StartTime(Task):
+    """Records when it started (pickup latency measurements)."""
+
+    def run(self, params):
+        connections.redis.set(f"start:{get_current_job().id}", repr(time.time()))
