@@ -57,12 +57,17 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         security=security,
     )
     security.install(app)
+    from .metrics import make_registry
+
+    app.extensions["mrq_metrics"] = make_registry(app.extensions["mrq"].reader)
 
     from .api import api
+    from .metrics import metrics
     from .pages import pages
 
     app.register_blueprint(pages)
     app.register_blueprint(api)
+    app.register_blueprint(metrics)
     register_error_handlers(app, settings)
 
     @app.context_processor

@@ -703,3 +703,17 @@ def test_mrq_dashboard_serves_warns_and_stops(mrq_settings: Settings) -> None:
         assert server.stop() == 0 and "mrq-dashboard: stopped" in server.output()
     finally:
         server.close()
+
+
+def test_dashboard_metrics_endpoint(store: Any, mrq_settings: Any) -> None:
+    from dashboard import create_app
+    from mrq.job import queue_jobs
+
+    queue_jobs("tests.tasks.general.Add", [{"a": 1, "b": 1}] * 3, queue="metered")
+    app = create_app(mrq_settings, store=store, cache_seconds=0)
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert 'mrq_queue_size{kind="regular",queue="metered"} 3.0' in text
+    assert 'mrq_jobs{status="queued"} 3.0' in text
+    assert 'mrq_up{store="redis"} 1.0' in text and 'mrq_up{store="mongodb"} 1.0' in text
