@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 
@@ -12,5 +11,6 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def unix_time() -> float:
-    return time.time()
+def unix_time_of(value: datetime) -> float:
+    """A naive UTC datetime (as stored in MongoDB) as unix seconds (as used in Redis scores)."""
+    return (value - datetime(1970, 1, 1)).total_seconds()

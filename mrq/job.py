@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from bson import ObjectId
 
 from . import current
 from .clock import utcnow
-from .connections import redact_text
+from .connections import redact_text, redact_uri
 from .exceptions import (
     AbortInterrupt,
     InvalidJob,
@@ -206,8 +206,6 @@ def _push_ids(store: Store, queue: str, ids: list[ObjectId]) -> None:
 
 
 def _unavailable(what: str, uri: str, exc: BaseException) -> StoreUnavailable:
-    from .connections import redact_uri
-
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return StoreUnavailable(f"{what} at {redact_uri(uri)} failed: {redact_text(first, uri)}")
 
@@ -410,10 +408,6 @@ def final_fields(status: str, task_settings: Any, now: datetime, started: dateti
     if started is not None:
         fields["totaltime"] = (now - started).total_seconds()
     return fields
-
-
-def ids_as_strings(ids: Iterable[object]) -> list[str]:
-    return [str(i) for i in ids]
 
 
 def queue_raw_jobs(queue: str, params: Any, *, store: Store | None = None) -> int:

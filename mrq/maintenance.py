@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
 
 from . import job as jobs
-from .clock import utcnow
+from .clock import unix_time_of, utcnow
 from .queue import RegularQueue
 from .storage.mongo import ensure_indexes
 from .store import Store, strings
@@ -25,10 +25,6 @@ from .store import Store, strings
 log = logging.getLogger("mrq.maintenance")
 
 BATCH = 1000
-
-
-def _timestamp(value: datetime) -> float:
-    return (value - datetime(1970, 1, 1)).total_seconds()
 
 
 def _ids_in_redis(store: Store, queue: str) -> set[str]:
@@ -61,7 +57,7 @@ def requeue_lost_jobs(store: Store, min_age: float = 60.0) -> dict[str, int]:
         present = _ids_in_redis(store, queue_name)
         queue = RegularQueue(queue_name, store)
         lost_queued = [str(d["_id"]) for d in docs if d["status"] == jobs.QUEUED and str(d["_id"]) not in present]
-        lost_delayed = {str(d["_id"]): _timestamp(d.get("dateretry") or utcnow())
+        lost_delayed = {str(d["_id"]): unix_time_of(d.get("dateretry") or utcnow())
                         for d in docs if d["status"] != jobs.QUEUED and str(d["_id"]) not in present}
         for start in range(0, len(lost_queued), BATCH):
             queue.push(lost_queued[start:start + BATCH])
@@ -89,7 +85,7 @@ def requeue_started_jobs(store: Store, timeout: float = 300.0) -> int:
     """Queue again the `started` jobs whose worker is not alive (no lease) and that have been
     running longer than their task's timeout plus `timeout` seconds."""
     now = utcnow()
-    alive = set(strings(store.redis.zrangebyscore(store.keys.workers, _timestamp(now), "+inf")))
+    alive = set(strings(store.redis.zrangebyscore(store.keys.workers, unix_time_of(now), "+inf")))
     stale: list[ObjectId] = []
     for doc in store.jobs.find({"status": jobs.STARTED}, {"worker": 1, "datestarted": 1, "path": 1}):
         if str(doc.get("worker")) in alive:

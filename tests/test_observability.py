@@ -138,11 +138,7 @@ def test_bad_log_options_exit_2(store: Store, mrq_settings: Settings) -> None:
 
 @pytest.fixture
 def evicting_redis() -> Iterator[RedisServer]:
-    class Evicting(RedisServer):
-        def command(self) -> Any:
-            return [*super().command(), "--maxmemory-policy", "allkeys-lru"]
-
-    server = Evicting()
+    server = RedisServer(args=["--maxmemory-policy", "allkeys-lru"])
     server.start()
     yield server
     server.close()

@@ -84,16 +84,21 @@ class Queue:
         when the queue ran dry, the unix time at which its next job becomes due (or None)."""
         raise NotImplementedError
 
+    def _note_known(self, pipe: Any) -> None:
+        """Register the queue (and the root's subqueue) in the known sets, once a minute at most per
+        process: the sets heal by themselves after Redis lost its data."""
+        if self.store.note_once("queue:" + self.name):
+            pipe.sadd(self.store.keys.known_queues, self.name)
+            if self.is_subqueue:
+                pipe.sadd(self.store.keys.subqueues(self.root), self.name)
+
     def _execute_push(self, pipe: Any, count: int) -> None:
         """Add the bookkeeping shared by every push to a pipeline holding the push itself, execute
         it and wake the workers: the known-queues set (and the root's subqueue set), the throughput
         counter, the notification. Cheap writes are repeated once a minute at most per process."""
         store = self.store
         keys = store.keys
-        if store.note_once("queue:" + self.name):
-            pipe.sadd(keys.known_queues, self.name)
-            if self.is_subqueue:
-                pipe.sadd(keys.subqueues(self.root), self.name)
+        self._note_known(pipe)
         minute = minute_of(time.time())
         pipe.hincrby(keys.stats(minute), f"in:{self.name}", count)
         if store.note_once(f"stats:{minute}"):

@@ -25,7 +25,7 @@ from ..exceptions import ConfigError, InvalidJob
 from ..helpers import emit_metric
 from ..storage.keys import validate_queue_name
 from ..store import strings
-from .base import Queue
+from .base import Queue, queue_kind
 
 MAX_DEQUEUE = 500
 #: Keys of a RAW_QUEUES entry that MRQ accepted and that mrq ignores (kept for compatibility).
@@ -84,8 +84,6 @@ def raw_queue_config(raw_queues: Mapping[str, Any], root: str) -> RawQueueConfig
         validate_queue_name(retry_queue)
     except Exception as exc:
         raise ConfigError(f"{where}: retry_queue: {exc}") from None
-    from .base import queue_kind
-
     if queue_kind(retry_queue) != "regular":
         raise ConfigError(f"{where}: retry_queue {retry_queue!r} must be a regular queue")
     statuses = entry.get("statuses_no_storage", ())

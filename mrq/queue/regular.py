@@ -40,10 +40,7 @@ class RegularQueue(Queue):
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
         pipe.zadd(store.keys.queue_delayed(self.name), ids_and_times)
-        if store.note_once("queue:" + self.name):
-            pipe.sadd(store.keys.known_queues, self.name)
-            if self.is_subqueue:
-                pipe.sadd(store.keys.subqueues(self.root), self.name)
+        self._note_known(pipe)
         execute_and_publish(pipe, store.redis,
                             [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
 

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -63,7 +62,6 @@ HISTORY_LIMIT = 50
 
 # Exit codes
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_STORE_UNAVAILABLE = 3
 
@@ -110,7 +108,6 @@ class Worker:
         self._listener: NotificationListener | None = None
         self._log_handler: JobLogHandler | None = None
         self._service_greenlets: list[gevent.Greenlet] = []
-        self._on_status: list[Callable[[str], None]] = []
         # Validated now, so that a bad SCHEDULER_TASKS entry stops the worker before it takes a job.
         self.scheduler = Scheduler(self.store, validate_schedule(settings.scheduler_tasks)) \
             if settings.scheduler else None
@@ -269,8 +266,6 @@ class Worker:
 
     def set_status(self, status: str) -> None:
         self.status = status
-        for callback in self._on_status:
-            callback(status)
 
     # --- the loop -----------------------------------------------------------------------------------
 

@@ -181,7 +181,7 @@ def execute(job: RunningJob, worker_oid: ObjectId) -> Outcome:
             (jobs.INTERRUPT, "ShutdownInterrupt") if job.interrupted else (jobs.ABORT, "AbortInterrupt")
         text = f"{name}: the job kept running after it was stopped (the task caught the interrupt)"
         return _error(status, (None, None, None), worker_oid, utcnow(), name, text)
-    problem = check_result(result)
+    problem = check_result(result) if jobs.SUCCESS not in job.no_storage else None
     if problem is not None:
         return _error(jobs.FAILED, (None, None, None), worker_oid, utcnow(), "InvalidResult", problem)
     fields: dict[str, Any] = {}

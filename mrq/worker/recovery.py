@@ -16,13 +16,13 @@ at once, neither duplicates nor loses an id.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
 
 from .. import job as jobs
-from ..clock import utcnow
+from ..clock import unix_time_of, utcnow
 from ..store import Store, strings
 
 log = logging.getLogger("mrq.worker")
@@ -94,7 +94,7 @@ def _recover_chunk(store: Store, queue: str, dead_id: str, dead_oid: ObjectId | 
                 interrupted.append(doc["_id"])
             action, score = "q", 0.0
         elif status in (jobs.RETRY, jobs.DELAYED):
-            action, score = "d", _timestamp(doc.get("dateretry") or now)
+            action, score = "d", unix_time_of(doc.get("dateretry") or now)
         else:
             action, score = "x", 0.0
         triples.extend([job_id, action, repr(score)])
@@ -130,10 +130,6 @@ def _recover_chunk(store: Store, queue: str, dead_id: str, dead_oid: ObjectId | 
         store.jobs.update_many({"_id": {"$in": interrupted}, "status": jobs.INTERRUPT},
                                {"$set": {"status": jobs.QUEUED, "datequeued": now, "dateupdated": now}})
     return triples
-
-
-def _timestamp(value: datetime) -> float:
-    return (value - datetime(1970, 1, 1)).total_seconds()
 
 
 def recover_expired(store: Store, my_id: str, max_recoveries: int) -> int:
