@@ -2,33 +2,30 @@
 pause and resume a queue, enqueue a job for HTTP producers. Every action except enqueueing is
 recorded in `mrq_actions` (who, from where, when, what, which filter, how many).
 
-Single-job actions are `mrq.job.Job`'s own guarded transitions. Bulk actions do the same guarded
-writes in batches of BULK_BATCH jobs (one `update_many` and one Redis pipeline per batch).
+Single-job actions are `mrq.job.Job`'s own guarded transitions; bulk actions are the lifecycle's
+batch transitions (mrq.lifecycle.operations), BULK_BATCH jobs at a time: one `update_many` and
+one Redis pipeline per batch.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
 
 from mrq.exceptions import InvalidStatusTransition
 from mrq.job import CANCEL, QUEUED, STARTABLE_STATUSES, STARTED, Job, queue_job
-from mrq.queue import RegularQueue, pause_queue, resume_queue
+from mrq.lifecycle import operations
+from mrq.queue import pause_queue, resume_queue
 from mrq.storage import mongo
 from mrq.store import Store
 
 from .formatting import utcnow
-from .jobfilter import BadInput, JobFilter, with_id_condition
+from .jobfilter import BadInput, JobFilter
 from .queries import Count
 
-BULK_BATCH = 1000
-#: Bulk cancel removes ids from a queue's Redis list only when the list is at most this long (each
-#: removal scans the list); ids left in a longer list are dropped by the workers that take them.
-LREM_MAX_QUEUE = 20_000
+BULK_BATCH = operations.BATCH
 BULK_ACTIONS = ("cancel", "requeue")
 
 
@@ -139,71 +136,16 @@ class Actions:
         query = self.bulk_query(action, flt)
         matched = changed = 0
         if query is not None:
-            batch_fn = self._cancel_batch if action == "cancel" else self._requeue_batch
-            last: ObjectId | None = None
-            while True:
-                page_query = query if last is None else with_id_condition(query, "$gt", last)
-                docs = list(self.store.jobs.find(page_query, {"queue": 1, "path": 1}).sort("_id", 1)
-                            .limit(BULK_BATCH))
-                if not docs:
-                    break
-                matched += len(docs)
-                changed += batch_fn(docs)
-                last = docs[-1]["_id"]
-                if len(docs) < BULK_BATCH:
-                    break
+            for found in operations.pages(self.store, query, {"queue": 1, "path": 1}, BULK_BATCH):
+                matched += len(found)
+                if action == "cancel":
+                    changed += operations.cancel_batch(self.store, found)
+                else:
+                    changed += operations.requeue_batch(self.store, [doc["_id"] for doc in found],
+                                                        query["status"])
         self.record(actor, f"bulk {action}", flt=flt, count=changed,
                     detail=f"{matched} matched" + (", confirmed without a filter" if flt.empty else ""))
         return {"action": action, "matched": matched, "changed": changed, "filter": flt.values}
-
-    def _cancel_batch(self, docs: list[dict[str, Any]]) -> int:
-        now = utcnow()
-        by_ttl: dict[float, list[ObjectId]] = defaultdict(list)
-        for doc in docs:
-            by_ttl[self.store.task_settings(str(doc.get("path"))).cancel_ttl].append(doc["_id"])
-        changed = 0
-        for ttl, ids in by_ttl.items():
-            result = self.store.jobs.update_many(
-                {"_id": {"$in": ids}, "status": {"$in": sorted(STARTABLE_STATUSES)}},
-                {"$set": {"status": CANCEL, "dateupdated": now, "dateexpires": now + timedelta(seconds=ttl)}})
-            changed += result.modified_count
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for doc in docs:
-            if isinstance(doc.get("queue"), str):
-                by_queue[doc["queue"]].append(str(doc["_id"]))
-        keys, redis = self.store.keys, self.store.redis
-        lengths: dict[str, Any] = {}
-        if by_queue:
-            pipe = redis.pipeline(transaction=False)
-            for queue in by_queue:
-                pipe.llen(keys.queue_ids(queue))
-            lengths = dict(zip(by_queue, pipe.execute(), strict=True))
-        pipe = redis.pipeline(transaction=False)
-        for queue, queue_ids in by_queue.items():
-            pipe.zrem(keys.queue_delayed(queue), *queue_ids)
-            if int(lengths.get(queue) or 0) <= LREM_MAX_QUEUE:
-                for job_id in queue_ids:
-                    pipe.lrem(keys.queue_ids(queue), 1, job_id)
-        pipe.execute()
-        return changed
-
-    def _requeue_batch(self, docs: list[dict[str, Any]]) -> int:
-        now = utcnow()
-        marker = now.replace(microsecond=now.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
-        ids = [doc["_id"] for doc in docs]
-        self.store.jobs.update_many(
-            {"_id": {"$in": ids}, "status": {"$nin": [QUEUED, STARTED]}},
-            {"$set": {"status": QUEUED, "datequeued": marker, "dateupdated": marker, "retry_count": 0},
-             "$unset": {"dateexpires": "", "dateretry": ""}})
-        requeued = self.store.jobs.find({"_id": {"$in": ids}, "status": QUEUED, "datequeued": marker}, {"queue": 1})
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for doc in requeued:
-            by_queue[str(doc.get("queue"))].append(str(doc["_id"]))
-        for queue, queue_ids in by_queue.items():
-            regular = RegularQueue(queue, self.store)
-            self.store.redis.zrem(self.store.keys.queue_delayed(queue), *queue_ids)
-            regular.push(queue_ids)
-        return sum(len(v) for v in by_queue.values())
 
     # --- enqueue (HTTP producers) ---------------------------------------------------------------------
 

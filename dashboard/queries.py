@@ -26,7 +26,8 @@ from mrq.job import ALL_STATUSES, ERROR_STATUSES, FINAL_STATUSES, RETRY, SUCCESS
 from mrq.queue import queue_infos
 from mrq.stats import read_minutes
 from mrq.storage import mongo
-from mrq.store import Store, strings
+from mrq.storage.leases import Leases
+from mrq.store import Store
 
 from .formatting import as_datetime, last_line, utcnow
 from .jobfilter import JobFilter, Page, keyset_query
@@ -203,17 +204,14 @@ class Reader:
         """Worker reports, newest first, each with `state` (alive / dead / stopped), `report_age`
         and `lease` (seconds left on its Redis lease, None when it has none)."""
         docs = list(self.store.workers.find({}).sort("datereported", pymongo.DESCENDING).limit(MAX_WORKERS))
-        entries: list[tuple[bytes, float]] = self.store.redis.zrange(  # type: ignore[assignment]
-            self.store.keys.workers, 0, -1, withscores=True)
-        leases = {strings([member])[0]: float(score) for member, score in entries}
-        now, clock = utcnow(), time.time()
+        leases = Leases(self.store.redis, self.store.keys).deadlines()
+        now = utcnow()
         rows = []
         for doc in docs:
             reported = doc.get("datereported")
             age = (now - reported).total_seconds() if isinstance(reported, datetime.datetime) else None
             interval = number_in(doc, "config", "report_interval") or 5.0
-            deadline = leases.get(str(doc["_id"]))
-            lease_left = None if deadline is None else deadline - clock
+            lease_left = leases.get(str(doc["_id"]))
             if doc.get("status") == "stop":
                 state = "stopped"
                 if not include_stopped and (age is None or age > stopped_within):

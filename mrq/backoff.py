@@ -55,16 +55,19 @@ def retry_through_outage(
     give_up: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
     maximum: float = 5.0,
+    waits_for: Callable[[BaseException], bool] = lambda exc: False,
 ) -> T:
-    """Run `operation` until it succeeds. Store errors are retried with backoff (logged once at
-    the start and once at recovery); other errors propagate. When give_up() turns true during an
-    outage, the last error is raised."""
+    """Run `operation` until it succeeds. Store errors (and errors for which `waits_for` is true)
+    are retried with backoff (logged once at the start and once at recovery); other errors
+    propagate. When give_up() turns true during an outage, the last error is raised."""
     backoff = Backoff(maximum=maximum)
     failing_since: float | None = None
     while True:
         try:
             result = operation()
-        except STORE_ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, STORE_ERRORS) and not waits_for(exc):
+                raise
             if failing_since is None:
                 failing_since = time.monotonic()
                 log.warning("%s failed (%s: %s); retrying with backoff", what, type(exc).__name__,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
@@ -36,6 +35,26 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .helpers import emit_metric
+from .lifecycle import documents, operations
+from .lifecycle.statuses import (  # noqa: F401 - MRQ-compatible names, importable from mrq.job
+    ABORT,
+    ALL_STATUSES,
+    CANCEL,
+    DEFAULT_QUEUE,
+    DELAYED,
+    ERROR_STATUSES,
+    FAILED,
+    FINAL_STATUSES,
+    INTERRUPT,
+    MAXRETRIES,
+    QUEUED,
+    RETRY,
+    STARTABLE_STATUSES,
+    STARTED,
+    SUCCESS,
+    TIMEOUT,
+    TRANSIENT_STATUSES,
+)
 from .queue import Queue, RawQueue, RegularQueue, queue_kind
 from .storage.keys import validate_queue_name
 from .task import validate_task_path
@@ -43,32 +62,8 @@ from .task import validate_task_path
 if TYPE_CHECKING:
     from .store import Store
 
-# --- statuses -------------------------------------------------------------------------------------
-QUEUED = "queued"
-STARTED = "started"
-SUCCESS = "success"
-FAILED = "failed"
-RETRY = "retry"
-MAXRETRIES = "maxretries"
-TIMEOUT = "timeout"
-ABORT = "abort"
-CANCEL = "cancel"
-INTERRUPT = "interrupt"
-DELAYED = "delayed"
-
-ALL_STATUSES = (QUEUED, DELAYED, STARTED, SUCCESS, FAILED, RETRY, MAXRETRIES, TIMEOUT, ABORT, CANCEL, INTERRUPT)
-#: A worker may start a job only from these (its id is, or will be, in a queue).
-STARTABLE_STATUSES = frozenset({QUEUED, RETRY, DELAYED})
-#: Statuses a job ends in: it runs again only if someone requeues it.
-FINAL_STATUSES = frozenset({SUCCESS, FAILED, MAXRETRIES, TIMEOUT, ABORT, CANCEL, INTERRUPT})
-#: MRQ's name for the statuses that are not final.
-TRANSIENT_STATUSES = frozenset({QUEUED, DELAYED, STARTED, RETRY})
-#: Statuses that store a traceback.
-ERROR_STATUSES = frozenset({FAILED, MAXRETRIES, TIMEOUT, ABORT, INTERRUPT, RETRY})
-
 #: MongoDB refuses documents over 16 MiB; keep room for the fields added while the job runs.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
-DEFAULT_QUEUE = "default"
 
 
 def to_object_id(job_id: object) -> ObjectId:
@@ -79,16 +74,6 @@ def to_object_id(job_id: object) -> ObjectId:
     if isinstance(job_id, str) and ObjectId.is_valid(job_id):
         return ObjectId(job_id)
     raise JobNotFound(job_id)
-
-
-def ttl_for(status: str, task_settings: Any) -> float:
-    if status == SUCCESS:
-        return float(task_settings.result_ttl)
-    if status == ABORT:
-        return float(task_settings.abort_ttl)
-    if status == CANCEL:
-        return float(task_settings.cancel_ttl)
-    return float(task_settings.default_ttl)
 
 
 # --- queueing -------------------------------------------------------------------------------------
@@ -143,16 +128,7 @@ def queue_jobs(
     for index, params in enumerate(params_list):
         if not isinstance(params, Mapping):
             raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
-        doc = {
-            "_id": ObjectId() if ids is None else ids[index],
-            "path": path,
-            "params": dict(params),
-            "queue": queue,
-            "status": QUEUED,
-            "datequeued": now,
-            "dateupdated": now,
-            "retry_count": 0,
-        }
+        doc = documents.new_job(ObjectId() if ids is None else ids[index], path, dict(params), queue, now)
         _check_document(doc, index)
         docs.append(doc)
 
@@ -177,7 +153,7 @@ def queue_jobs(
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
-        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]  # type: ignore[misc]
+        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
         emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
         _push_ids(store, queue, batch_ids)
         queued.extend(batch_ids)
@@ -291,25 +267,7 @@ class Job:
     def cancel(self) -> bool:
         """Cancel a job that has not started: it will never run. Returns False when it had already
         left the waiting statuses (raises for a running job: abort it instead)."""
-        store = self.store
-        doc = store.jobs.find_one_and_update(
-            {"_id": self.id, "status": {"$in": sorted(STARTABLE_STATUSES)}},
-            {"$set": {"status": CANCEL, "dateupdated": utcnow(),
-                      "dateexpires": utcnow() + timedelta(seconds=store.settings.default_job_cancel_ttl)}},
-            projection={"queue": 1, "path": 1},
-        )
-        if doc is None:
-            current = store.jobs.find_one({"_id": self.id}, {"status": 1})
-            if current is None:
-                raise JobNotFound(self.id)
-            if current["status"] == STARTED:
-                raise InvalidStatusTransition(f"job {self.id} is running: abort it instead of cancelling it")
-            return False
-        cancel_ttl = store.task_settings(doc["path"]).cancel_ttl
-        if cancel_ttl != store.settings.default_job_cancel_ttl:
-            store.jobs.update_one({"_id": self.id}, {"$set": {"dateexpires": utcnow() + timedelta(seconds=cancel_ttl)}})
-        RegularQueue(doc["queue"], store).forget(str(self.id))
-        return True
+        return operations.cancel_one(self.store, self.id)
 
     def abort_running(self) -> int:
         """Ask the worker running this job to stop it now (status `abort`). Returns how many
@@ -326,26 +284,7 @@ class Job:
     def requeue(self, queue: str | None = None, retry_count: int = 0) -> None:
         """Queue a job again (after it failed, was cancelled, interrupted...). A job that is queued
         or running is left alone (InvalidStatusTransition)."""
-        store = self.store
-        updates: dict[str, Any] = {"status": QUEUED, "datequeued": utcnow(), "dateupdated": utcnow(),
-                                   "retry_count": retry_count}
-        if queue is not None:
-            updates["queue"] = validate_queue_name(queue)
-        doc = store.jobs.find_one_and_update(
-            {"_id": self.id, "status": {"$nin": [QUEUED, STARTED]}},
-            {"$set": updates, "$unset": {"dateexpires": "", "dateretry": ""}},
-            projection={"queue": 1},
-            return_document=pymongo.ReturnDocument.AFTER,
-        )
-        if doc is None:
-            current = store.jobs.find_one({"_id": self.id}, {"status": 1})
-            if current is None:
-                raise JobNotFound(self.id)
-            raise InvalidStatusTransition(f"job {self.id} is {current['status']}: nothing to requeue")
-        queue_obj = RegularQueue(doc["queue"], store)
-        queue_obj.forget(str(self.id), delayed_only=True)
-        queue_obj.push([str(self.id)])
-
+        operations.requeue_one(self.store, self.id, queue, retry_count)
 
     # --- used from inside the running job (mrq.context) --------------------------------------------
 
@@ -395,19 +334,6 @@ def get_job_result(job_id: object, *, store: Store | None = None) -> dict[str, A
     """`{"result": ..., "status": ...}` of a job, or None when there is no such job."""
     store = store or _current_store()
     return store.jobs.find_one({"_id": to_object_id(job_id)}, {"result": 1, "status": 1, "_id": 0})
-
-
-def final_fields(status: str, task_settings: Any, now: datetime, started: datetime | None) -> dict[str, Any]:
-    """The fields every final status write sets."""
-    fields: dict[str, Any] = {
-        "status": status,
-        "dateupdated": now,
-        "datefinished": now,
-        "dateexpires": now + timedelta(seconds=ttl_for(status, task_settings)),
-    }
-    if started is not None:
-        fields["totaltime"] = (now - started).total_seconds()
-    return fields
 
 
 def queue_raw_jobs(queue: str, params: Any, *, store: Store | None = None) -> int:

@@ -16,12 +16,18 @@ from typing import Any
 
 import pymongo.collection
 import pymongo.errors
+from bson import ObjectId
 
 from . import current
 from .clock import utcnow
 
 MAX_BUFFERED_LINES = 100_000
 MAX_LINE_CHARS = 16_384
+#: Characters of log text per stored document (MongoDB documents are limited to 16 MiB of BSON).
+MAX_DOCUMENT_CHARS = 4 * 1024 * 1024
+DUPLICATE_KEY = 11000
+
+log = logging.getLogger("mrq.worker")
 
 
 def message_text(record: logging.LogRecord) -> str:
@@ -50,6 +56,7 @@ class JobLogHandler(logging.Handler):
         self._buffer: dict[Any, list[str]] = defaultdict(list)
         self._buffered = 0
         self._dropped = 0
+        self._unsent: list[tuple[dict[str, Any], int]] = []  # documents built, not stored yet (and their line counts)
         self._buffer_lock = threading.Lock()
         self.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
 
@@ -83,36 +90,64 @@ class JobLogHandler(logging.Handler):
 
     @property
     def pending(self) -> int:
-        return self._buffered
+        """Lines not stored yet (buffered, or in documents an earlier flush could not store)."""
+        return self._buffered + sum(lines for _, lines in self._unsent)
 
     def flush(self) -> None:
-        """Write every buffered line (one insert for all jobs). On failure the lines stay buffered
-        and the error is raised to the caller, which retries later."""
+        """Write every buffered line (one insert for all jobs). Each document gets its id here, once:
+        when an insert fails half-way (an outage), the same documents are sent again and those
+        already stored are recognised (duplicate key) rather than stored twice. A document MongoDB
+        refuses (too large, a validator) is dropped with a warning, never retried forever. On an
+        outage the error is raised to the caller, which retries later."""
         with self._buffer_lock:
-            if not self._buffered:
-                return
             buffer, self._buffer = self._buffer, defaultdict(list)
-            count, self._buffered = self._buffered, 0
+            self._buffered = 0
             dropped, self._dropped = self._dropped, 0
         now = utcnow()
-        docs = []
         for job_id, lines in buffer.items():
-            if not lines:
-                continue
-            if dropped:
+            if dropped and lines:
                 lines.insert(0, f"[mrq] {dropped} older log lines were dropped while MongoDB was unreachable")
                 dropped = 0
-            docs.append({"job": job_id, "logs": "\n".join(lines), "date": now, "dateexpires": now + self.ttl})
-        if not docs:
+            for chunk in _chunks(lines):
+                doc = {"_id": ObjectId(), "job": job_id, "logs": "\n".join(chunk), "date": now,
+                       "dateexpires": now + self.ttl}
+                self._unsent.append((doc, len(chunk)))
+        if not self._unsent:
             return
+        sending, self._unsent = self._unsent, []
         try:
-            self.collection.insert_many(docs, ordered=False)
+            self.collection.insert_many([doc for doc, _ in sending], ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                if error.get("code") != DUPLICATE_KEY:  # stored by an earlier attempt: done
+                    doc, lines = sending[error["index"]]
+                    log.warning("job %s: MongoDB refused %d log lines (%s): dropped", doc["job"], lines,
+                                error.get("errmsg"))
         except pymongo.errors.PyMongoError:
-            with self._buffer_lock:  # put them back in front of anything logged meanwhile
-                for job_id, lines in buffer.items():
-                    self._buffer[job_id][:0] = lines
-                self._buffered += count
+            self._unsent[:0] = sending  # before anything flushed meanwhile, in order
+            self._trim_unsent()
             raise
+
+    def _trim_unsent(self) -> None:
+        """Bounded memory through a long outage: the oldest unsent documents go first."""
+        while self._unsent and sum(lines for _, lines in self._unsent) > MAX_BUFFERED_LINES:
+            _, lines = self._unsent.pop(0)
+            with self._buffer_lock:
+                self._dropped += lines
+
+
+def _chunks(lines: list[str]) -> list[list[str]]:
+    """Lines split into documents of at most MAX_DOCUMENT_CHARS characters (MongoDB refuses a
+    document over 16 MiB)."""
+    chunks: list[list[str]] = []
+    size = 0
+    for line in lines:
+        if not chunks or size + len(line) + 1 > MAX_DOCUMENT_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return chunks
 
 
 def read_job_logs(collection: pymongo.collection.Collection, job_id: Any, after: Any = None) -> tuple[str, Any]:

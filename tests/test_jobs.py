@@ -11,7 +11,7 @@ from pymongo import monitoring
 
 from mrq.exceptions import InvalidJob, InvalidQueueName, InvalidStatusTransition, JobNotFound, StoreUnavailable
 from mrq.job import Job, get_job_result, queue_job, queue_jobs
-from mrq.queue import Queue
+from mrq.queue import Queue, RegularQueue
 from mrq.store import Store
 from mrq.testing.stack import free_port
 
@@ -185,13 +185,28 @@ def test_job_not_found(store: Store) -> None:
 # --- acting on queued jobs -------------------------------------------------------------------
 
 
-def test_cancel_queued_job_removes_it_from_the_queue(store: Store) -> None:
+def test_cancel_queued_job_takes_it_out_of_the_queue(store: Store) -> None:
     keep, drop = queue_jobs("tests.tasks.general.Echo", [{"n": 1}, {"n": 2}])
+    queue = RegularQueue("default", store)
     assert Job(drop).cancel() is True
     job = Job(drop).fetch()
     assert job.status == "cancel" and job.data["dateexpires"] is not None
-    assert queued_ids(store) == [str(keep)]
+    assert queue.size() == 1  # the cancelled id is not counted...
+    assert queue.dequeue(10, "w1") == ([str(keep)], None)  # ...and never handed to a worker
+    assert store.redis.llen(store.keys.queue_ids("default")) == 0
+    assert store.redis.zcard(store.keys.queue_cancelled("default")) == 0  # the mark went with its id
     assert Job(drop).cancel() is False  # already cancelled: nothing to do
+
+
+def test_cancel_does_not_scan_the_queue(store: Store) -> None:
+    """Cancel costs the same with a million ids queued before the job (no LREM)."""
+    store.redis.rpush(store.keys.queue_ids("default"), *[str(ObjectId()) for _ in range(200_000)])
+    job_id = queue_job("tests.tasks.general.Echo", {})
+    before = store.redis.info("commandstats")
+    assert Job(job_id).cancel() is True
+    after = store.redis.info("commandstats")
+    assert "cmdstat_lrem" not in after or after["cmdstat_lrem"] == before.get("cmdstat_lrem")
+    assert RegularQueue("default", store).size() == 200_000
 
 
 def test_requeue_a_cancelled_job(store: Store) -> None:
@@ -200,7 +215,11 @@ def test_requeue_a_cancelled_job(store: Store) -> None:
     Job(job_id).requeue()
     job = Job(job_id).fetch()
     assert job.status == "queued" and "dateexpires" not in job.data
-    assert queued_ids(store) == [str(job_id)]
+    queue = RegularQueue("default", store)
+    assert queue.size() == 1
+    # The old copy is dropped by the cancel mark, the new one is handed out: the job runs once.
+    assert queue.dequeue(10, "w1") == ([str(job_id)], None)
+    assert queue.size() == 0
 
 
 def test_requeue_a_queued_job_is_refused(store: Store) -> None:

@@ -6,7 +6,7 @@
 - introspection.py: sizes, paused flags, counts per status.
 """
 
-from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, resume_queue
+from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, restore_paused, resume_queue
 from .introspection import QueueInfo, known_queue_names, queue_infos, status_counts, subqueue_names
 from .raw import (
     RawListQueue,
@@ -38,6 +38,7 @@ __all__ = [
     "queue_infos",
     "queue_kind",
     "raw_queue_config",
+    "restore_paused",
     "resume_queue",
     "status_counts",
     "subqueue_names",

@@ -6,8 +6,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import current
+from ..clock import utcnow
 from ..connections import execute_and_publish
 from ..stats import RETENTION, minute_of
+from ..storage import mongo
 from ..storage.keys import validate_queue_name
 from ..store import strings
 
@@ -107,20 +109,40 @@ class Queue:
 
 
 # --- pause / resume (every kind) ------------------------------------------------------------------
+#
+# The paused flag lives in MongoDB (`mrq_queues`, the record that survives Redis losing its data)
+# and in the Redis set `<p>:paused` that workers read every second. MongoDB is written first;
+# reconciliation after a Redis data loss copies it back (restore_paused).
 
 
 def pause_queue(store: Store, name: str) -> None:
     """Workers stop taking jobs from the queue (and, for a root name, from all its subqueues)
     within a second; queued jobs stay where they are."""
-    name = validate_queue_name(name.rstrip("/"))
-    store.redis.sadd(store.keys.paused_queues, name)
-    store.redis.publish(store.keys.control_channel, "paused")
+    _set_paused(store, name, True)
 
 
 def resume_queue(store: Store, name: str) -> None:
+    _set_paused(store, name, False)
+
+
+def _set_paused(store: Store, name: str, paused: bool) -> None:
     name = validate_queue_name(name.rstrip("/"))
-    store.redis.srem(store.keys.paused_queues, name)
+    store.connections.mongodb_jobs[mongo.QUEUES].update_one(
+        {"_id": name}, {"$set": {"paused": paused, "dateupdated": utcnow()}}, upsert=True)
+    if paused:
+        store.redis.sadd(store.keys.paused_queues, name)
+    else:
+        store.redis.srem(store.keys.paused_queues, name)
     store.redis.publish(store.keys.control_channel, "paused")
+
+
+def restore_paused(store: Store) -> list[str]:
+    """Copy the paused flags from MongoDB back to Redis (after Redis lost its data)."""
+    names = [doc["_id"] for doc in store.connections.mongodb_jobs[mongo.QUEUES].find({"paused": True}, {"_id": 1})]
+    if names:
+        store.redis.sadd(store.keys.paused_queues, *names)
+        store.redis.publish(store.keys.control_channel, "paused")
+    return names
 
 
 def paused_queues(store: Store) -> set[str]:

@@ -53,6 +53,7 @@ def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]
         kind = queue_kind(name)
         if kind == "regular":
             pipe.llen(keys.queue_ids(name))
+            pipe.zcard(keys.queue_cancelled(name))
             pipe.zcard(keys.queue_delayed(name))
             pipe.lindex(keys.queue_ids(name), 0)
         else:
@@ -62,7 +63,8 @@ def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]
     infos = []
     for name in names:
         if queue_kind(name) == "regular":
-            size, delayed, oldest = next(replies), next(replies), next(replies)
+            length, cancelled, delayed, oldest = next(replies), next(replies), next(replies), next(replies)
+            size = max(0, int(length) - int(cancelled))  # cancelled ids wait to be dropped by a dequeue
         else:
             size, delayed, oldest = next(replies), 0, None
         age = None

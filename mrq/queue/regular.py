@@ -1,19 +1,31 @@
-"""Regular queues: job documents in MongoDB, their ids in Redis."""
+"""Regular queues: job documents in MongoDB, their ids in Redis.
+
+This class owns the queue's Redis keys: what moves an id in (push, delayed retries, give back)
+and what moves it out (dequeue into a worker's running set, acknowledgement, cancel). An id
+leaves a worker's running set only through `ack` (its final status is stored) or `give_back`
+(atomically back to the list or the delayed set), so it is never only in a worker's memory.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..connections import execute_and_publish
 from ..store import strings
 from .base import Queue
 
 MAX_DEQUEUE = 500  # ids taken per Lua call at most
+#: Ids read per command when a whole structure must be read (reconciliation): Redis stays
+#: responsive between windows, whatever the queue's length.
+WINDOW = 10_000
 
 
 class RegularQueue(Queue):
-    """Job ids in a Redis LIST `{p:q:<name>}:ids`; due retries in the ZSET `{p:q:<name>}:delayed`.
-    Names ending in `_reverse` are taken newest first (LIFO)."""
+    """Job ids in a Redis LIST `{p:q:<name>}:ids`; due retries in the ZSET `{p:q:<name>}:delayed`;
+    ids of cancelled jobs still in the list in the ZSET `{p:q:<name>}:cancelled`. Names ending in
+    `_reverse` are taken newest first (LIFO)."""
 
     kind = "regular"
 
@@ -21,12 +33,18 @@ class RegularQueue(Queue):
     def is_reverse(self) -> bool:
         return self.root.endswith("_reverse")
 
-    def push(self, ids: list[str], *, front: bool = False) -> None:
-        """Put job ids on the queue (their documents must already say `queued`) and wake workers."""
+    # --- in -----------------------------------------------------------------------------------------
+
+    def push(self, ids: Sequence[str], *, front: bool = False, requeued: bool = False) -> None:
+        """Put job ids on the queue (their documents must already say `queued`) and wake workers.
+        `requeued`: the ids may sit in the delayed set from an earlier life of the job: cleared
+        in the same pipeline. (A cancel mark is left alone: it drops the old copy of the id.)"""
         if not ids:
             return
         keys = self.store.keys
         pipe = self.store.redis.pipeline(transaction=False)
+        if requeued:
+            pipe.zrem(keys.queue_delayed(self.name), *ids)
         if front:
             pipe.lpush(keys.queue_ids(self.name), *ids)
         else:
@@ -44,32 +62,81 @@ class RegularQueue(Queue):
         execute_and_publish(pipe, store.redis,
                             [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
 
-    def forget(self, job_id: str, *, delayed_only: bool = False) -> None:
-        """Remove one id from the queue (a cancelled job). Workers skip such ids anyway; this keeps
-        the queue size honest."""
-        store = self.store
-        pipe = store.redis.pipeline(transaction=False)
-        if not delayed_only:
-            pipe.lrem(store.keys.queue_ids(self.name), 1, job_id)
-        pipe.zrem(store.keys.queue_delayed(self.name), job_id)
-        pipe.execute()
+    # --- out ----------------------------------------------------------------------------------------
 
     def dequeue(self, count: int, worker_id: str, now: float | None = None) -> tuple[list[str], float | None]:
-        """Atomically move up to `count` ids into the worker's running set. Returns the ids and,
-        when the queue ran dry, the unix time of its next delayed job (None if none)."""
-        store = self.store
-        keys = store.keys
-        ids, next_due = store.scripts.dequeue(
+        """Atomically move up to `count` ids into the worker's running set, dropping the ids of
+        cancelled jobs. Returns the ids and, when the queue ran dry, the unix time at which to look
+        again (its next delayed job; None if none)."""
+        keys = self.store.keys
+        ids, next_due = self.store.scripts.dequeue(
             keys=[keys.queue_ids(self.name), keys.queue_running(self.name, worker_id),
-                  keys.queue_delayed(self.name)],
+                  keys.queue_delayed(self.name), keys.queue_cancelled(self.name)],
             args=[repr(time.time() if now is None else now), min(count, MAX_DEQUEUE),
                   "R" if self.is_reverse else "L"],
         )
         return strings(ids), (float(next_due) if next_due else None)
 
+    def ack(self, worker_id: str, ids: Sequence[str], pipe: Any = None, *, not_started: bool = False) -> None:
+        """The ids' final statuses are stored: out of the running set. `not_started`: ids taken but
+        not run (cancelled meanwhile...): their cancel marks go too (no copy of them is left in the
+        list to drop)."""
+        if not ids:
+            return
+        keys = self.store.keys
+        own = pipe is None
+        pipe = self.store.redis.pipeline(transaction=False) if own else pipe
+        pipe.srem(keys.queue_running(self.name, worker_id), *ids)
+        if not_started:
+            pipe.zrem(keys.queue_cancelled(self.name), *ids)
+        if own:
+            pipe.execute()
+
+    def hold(self, worker_id: str, ids: Sequence[str]) -> None:
+        """Put ids back in a worker's running set (a worker whose lease was lost re-registers the
+        jobs it still runs)."""
+        if ids:
+            self.store.redis.sadd(self.store.keys.queue_running(self.name, worker_id), *ids)
+
+    def give_back(self, worker_id: str, moves: Sequence[tuple[str, str, float]]) -> int:
+        """Atomically move ids from a worker's running set: action "q" to the front of the queue,
+        "d" to the delayed set at the given unix time, "x" nowhere. Only ids still in the set
+        move, so giving back twice (two workers recovering one dead worker) never duplicates an
+        id. Wakes the workers; returns how many ids went back."""
+        if not moves:
+            return 0
+        keys = self.store.keys
+        args: list[Any] = []
+        for job_id, action, score in moves:
+            args.extend([job_id, action, repr(score)])
+        moved = int(self.store.scripts.requeue_running(
+            keys=[keys.queue_ids(self.name), keys.queue_running(self.name, worker_id), keys.queue_delayed(self.name)],
+            args=args,
+        ))
+        due = [score for _, action, score in moves if action == "d"]
+        if moved:
+            message = f"at:{min(due):f}" if due and not any(a == "q" for _, a, _ in moves) else str(moved)
+            self.store.redis.publish(keys.notify_channel(self.name), message)
+        return moved
+
+    def cancel(self, ids: Sequence[str]) -> None:
+        """The jobs were cancelled while waiting: out of the delayed set, or marked so that the
+        dequeue drops their ids from the list (no scan of the list; cancel.lua)."""
+        if ids:
+            keys = self.store.keys
+            self.store.scripts.cancel(keys=[keys.queue_delayed(self.name), keys.queue_cancelled(self.name)],
+                                      args=[repr(time.time()), *ids])
+
+    # --- reading --------------------------------------------------------------------------------------
+
     def size(self) -> int:
-        """Ids waiting in the queue (not counting delayed retries)."""
-        return int(self.store.redis.llen(self.store.keys.queue_ids(self.name)))
+        """Ids waiting in the queue (not counting delayed retries nor cancelled jobs)."""
+        keys = self.store.keys
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.llen(keys.queue_ids(self.name))
+        pipe.zcard(keys.queue_cancelled(self.name))
+        length, cancelled = pipe.execute()
+        return max(0, int(length) - int(cancelled))
 
     def delayed_size(self) -> int:
         return int(self.store.redis.zcard(self.store.keys.queue_delayed(self.name)))
@@ -80,3 +147,24 @@ class RegularQueue(Queue):
         if self.is_reverse:
             return list(reversed(strings(self.store.redis.lrange(key, -(skip + limit), -(skip + 1)))))
         return strings(self.store.redis.lrange(key, skip, skip + limit - 1))
+
+    def running_ids(self, worker_id: str) -> list[str]:
+        """The ids a worker holds from this queue (read with SSCAN, a window at a time)."""
+        key = self.store.keys.queue_running(self.name, worker_id)
+        return strings(self.store.redis.sscan_iter(key, count=1000))
+
+    def held_ids(self, worker_ids: Sequence[str]) -> Iterator[bytes | str]:
+        """Every id Redis holds for this queue: listed, delayed, in the running set of any of
+        `worker_ids`. Read a window at a time (no command reads more than WINDOW ids)."""
+        redis, keys = self.store.redis, self.store.keys
+        start = 0
+        while True:
+            window = redis.lrange(keys.queue_ids(self.name), start, start + WINDOW - 1)
+            yield from window
+            if len(window) < WINDOW:
+                break
+            start += WINDOW
+        for member, _score in redis.zscan_iter(keys.queue_delayed(self.name), count=WINDOW):
+            yield member
+        for worker_id in worker_ids:
+            yield from redis.sscan_iter(keys.queue_running(self.name, worker_id), count=1000)

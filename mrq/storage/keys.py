@@ -73,6 +73,11 @@ class Keys:
         """ZSET id -> unix time at which the job (a delayed retry) goes back to the queue."""
         return self.queue_tag(queue) + ":delayed"
 
+    def queue_cancelled(self, queue: str) -> str:
+        """ZSET id -> unix time of the cancel: ids still in the list whose job was cancelled. The
+        dequeue script drops them without handing them to a worker; sizes subtract them."""
+        return self.queue_tag(queue) + ":cancelled"
+
     def raw_queue(self, queue: str) -> str:
         """A raw queue's parameters: LIST (`_raw`), SET (`_set`) or ZSET (`_sorted_set`: score =
         order; `_timed_set`: score = unix time when the job becomes due)."""
@@ -109,9 +114,15 @@ class Keys:
 
     @property
     def epoch(self) -> str:
-        """STRING set once per Redis dataset (SET NX). When a worker finds it missing, Redis was
-        emptied: that worker puts back the waiting jobs MongoDB knows about."""
+        """STRING: the identity (run ids) of the Redis server(s) MongoDB was last reconciled with.
+        Set only after a complete reconciliation; when it is missing (Redis emptied) or names
+        another server (a restart, a failover that may have lost writes), a worker reconciles."""
         return f"{self.prefix}:epoch"
+
+    @property
+    def reconcile_lock(self) -> str:
+        """STRING (with an expiry): the worker reconciling Redis with MongoDB right now."""
+        return f"{self.prefix}:reconciling"
 
     def stats(self, minute: int) -> str:
         """HASH of the counts of one minute (unix time // 60): `in:<queue>`, `<status>:<queue>`."""

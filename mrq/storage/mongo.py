@@ -19,6 +19,7 @@ LOGS = "mrq_logs"
 WORKERS = "mrq_workers"
 SCHEDULED_JOBS = "mrq_scheduled_jobs"
 ACTIONS = "mrq_actions"  # the dashboard's audit log: who did what, when, to how many jobs
+QUEUES = "mrq_queues"  # per-queue state that must survive Redis losing its data (paused)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-_NAMES = ("dequeue", "requeue_running", "lease", "expired_workers", "timed_pop", "acquire_slot")
+_NAMES = ("dequeue", "cancel", "requeue_running", "lease", "expired_workers", "lease_deadlines", "timed_pop",
+          "acquire_slot")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
 }
@@ -50,9 +51,11 @@ class Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.dequeue = LuaScript(client, _SOURCES["dequeue"])
+        self.cancel = LuaScript(client, _SOURCES["cancel"])
         self.requeue_running = LuaScript(client, _SOURCES["requeue_running"])
         self.lease = LuaScript(client, _SOURCES["lease"])
         self.expired_workers = LuaScript(client, _SOURCES["expired_workers"])
+        self.lease_deadlines = LuaScript(client, _SOURCES["lease_deadlines"])
         self.timed_pop = LuaScript(client, _SOURCES["timed_pop"])
         self.acquire_slot = LuaScript(client, _SOURCES["acquire_slot"])
 

@@ -24,12 +24,12 @@ from ..utils import json_default
 from .report import build_report
 
 if TYPE_CHECKING:
-    from .core import Worker
+    from .view import WorkerView
 
 StartResponse = Callable[..., Any]
 
 
-def job_stacks(worker: Worker) -> dict[str, list[str]]:
+def job_stacks(worker: WorkerView) -> dict[str, list[str]]:
     """The current stack of each running job's greenlets (the job's own first)."""
     stacks: dict[str, list[str]] = {}
     for job_id, job in list(worker.running.items()):
@@ -43,7 +43,7 @@ def job_stacks(worker: Worker) -> dict[str, list[str]]:
 
 
 class AdminServer:
-    def __init__(self, worker: Worker, ip: str, port: int) -> None:
+    def __init__(self, worker: WorkerView, ip: str, port: int) -> None:
         self.worker = worker
         self.address = (ip, port)
         self._server: WSGIServer | None = None

@@ -4,10 +4,13 @@ The loop takes only as many job ids as it has free greenlets (no prefetch), movi
 atomically from the queue into its running set in Redis (a Lua script), marks them `started` in
 MongoDB with one guarded update, and runs each in a greenlet. When nothing is queued it waits on
 an event set by queue notifications (pub/sub), finished jobs, due retries and signals: a new job
-starts within milliseconds, and an idle worker costs nothing.
+starts within milliseconds, and an idle worker costs nothing. Every change of a job's status goes
+through the lifecycle (mrq.lifecycle.HeldJobs).
 
 Signals: the first SIGINT stops taking jobs and lets the running ones finish; a second SIGINT or
-a SIGTERM interrupts the running jobs (status `interrupt`, then queued again at once) and exits.
+a SIGTERM interrupts the running jobs (queued again at once) and exits. A worker releases its
+lease only when nothing is left in its running sets and every write is acknowledged; otherwise
+it exits leaving the lease to expire, and another worker takes its jobs back.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
@@ -33,37 +37,47 @@ from ..connections import Connections
 from ..exceptions import AbortInterrupt, ConfigError, ShutdownInterrupt, StoreUnavailable, TimeoutInterrupt
 from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
-from ..metrics import WorkerMetrics
-from ..queue import Queue, RawQueue, paused_queues
+from ..lifecycle import HeldJobs
+from ..queue import Queue, RawQueue, RegularQueue, paused_queues
 from ..scheduler import Scheduler, validate_schedule
 from ..startup import run_startup_checks
 from ..stats import StatsBuffer
+from ..storage.leases import Leases
 from ..store import Store
-from . import recovery
 from .admin import AdminServer
 from .execution import RunningJob, execute
+from .housekeeping import Housekeeping
 from .lease import LeaseKeeper
+from .metrics import WorkerMetrics
 from .notify import NotificationListener
 from .outcomes import OutcomeRecorder
-from .report import build_report, memory_mb
+from .report import build_report
 from .selection import QueueSelector
 from .starting import JobStarter
 from .tracing import JobTracing
+from .watchdog import EXIT_RUNAWAY, Watchdog
 from .writer import StatusWriter
 
 log = logging.getLogger("mrq.worker")
 
+T = TypeVar("T")
+
 #: How long an idle worker waits before looking at its queues again without being woken (a
 #: safety net for a lost notification; pickup never depends on it).
 IDLE_RECHECK = 5.0
-#: Seconds between re-reads of the paused queues (a `paused` control message also triggers one).
-PAUSED_REFRESH = 1.0
-HISTORY_LIMIT = 50
+#: At exit, how long the worker waits for its last final statuses to be stored and acknowledged
+#: (MongoDB or Redis unreachable): past it, it exits and leaves its lease to expire.
+SHUTDOWN_WRITE_WAIT = 20.0
 
 # Exit codes
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_STORE_UNAVAILABLE = 3
+#: A job kept the CPU past its timeout and could not be interrupted (watchdog.py).
+EXIT_RUNAWAY_JOB = EXIT_RUNAWAY
+#: The worker stopped with jobs it could not finish or acknowledge; they are recovered once its
+#: lease expires.
+EXIT_JOBS_LEFT = 5
 
 
 class Worker:
@@ -76,16 +90,16 @@ class Worker:
         self.id = str(self.oid)
         self.name = settings.name or f"{socket.gethostname().split('.')[0]}.{os.getpid()}"
         self.pool = gevent.pool.Pool(settings.greenlets)
-        self.writer = StatusWriter(self.store, self.id)
         self.running: dict[str, RunningJob] = {}
-        self.selector = QueueSelector(self.store, settings.queues, settings.dequeue_strategy, self.id,
-                                      self._register_queue, lambda: self.graceful_stop, self._known_ids)
+        self.held = HeldJobs(self.store, self.id, self.oid, forget=self._forget)
+        self.writer = StatusWriter(self.held)
+        self.leases = Leases(self.store.redis, self.store.keys)
+        self.graceful_stop = False
+        self.shutdown_now = False
+        self.selector = QueueSelector(self.store, settings.queues, settings.dequeue_strategy, self)
         self._check_raw_queues()
-        self.starter = JobStarter(self.store, self.id, self.oid, self.running, self.writer.pending_ids)
+        self.starter = JobStarter(self.store, self.held, self.oid, self.running, self.writer.pending)
         self.wake = gevent.event.Event()
-        self._logs_wake = gevent.event.Event()
-        self._scheduler_stop = gevent.event.Event()
-        self._scheduler_greenlet: gevent.Greenlet | None = None
         self.status = "init"
         self.done_jobs = 0
         self.started_jobs = 0
@@ -94,23 +108,21 @@ class Worker:
         self.tracing = JobTracing(settings)
         self.metrics = WorkerMetrics(self)
         self.admin: AdminServer | None = None
-        self.recorder = OutcomeRecorder(self.store, self.id, self.oid, self.writer, self.stats, self._forget,
-                                        self.metrics.job_ended)
+        self.recorder = OutcomeRecorder(self.store, self.held, self.writer, self.stats, self.metrics.job_ended)
         self.datestarted = utcnow()
         self.paused: set[str] = set()
         self.lease: LeaseKeeper | None = None
+        self.watchdog: Watchdog | None = None
         self.exitcode = EXIT_OK
-        self.graceful_stop = False
-        self.shutdown_now = False
         self.started_at = time.monotonic()
         self._registered: list[Queue] = []
         self.last_empty_take = 0.0  # monotonic time of the last look at the queues that found nothing
         self._listener: NotificationListener | None = None
-        self._log_handler: JobLogHandler | None = None
-        self._service_greenlets: list[gevent.Greenlet] = []
+        self.log_handler: JobLogHandler | None = None
         # Validated now, so that a bad SCHEDULER_TASKS entry stops the worker before it takes a job.
         self.scheduler = Scheduler(self.store, validate_schedule(settings.scheduler_tasks)) \
             if settings.scheduler else None
+        self.housekeeping = Housekeeping(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -136,7 +148,9 @@ class Worker:
         if self.settings.admin_port:
             self.admin = AdminServer(self, self.settings.admin_ip, self.settings.admin_port)
             self.admin.start()
-        self.install_signal_handlers()
+        if self.install_signal_handlers():
+            self.watchdog = Watchdog(current.get_current_job_of, self.settings.worker_lease)
+            self.watchdog.start()
         self.store.connections.check()
         if self.settings.ensure_indexes:
             created = maintenance.ensure_all_indexes(self.store)
@@ -144,44 +158,34 @@ class Worker:
         run_startup_checks(self.store, ensure=self.settings.ensure_indexes)
         logs = self.store.logs
         if logs is not None:
-            self._log_handler = JobLogHandler(logs, self.settings.default_job_ttl)
-            logging.getLogger("mrq.current").addHandler(self._log_handler)
-            self._service_greenlets.append(gevent.spawn(self._flush_logs_forever))
+            self.log_handler = JobLogHandler(logs, self.settings.default_job_ttl)
+            logging.getLogger("mrq.current").addHandler(self.log_handler)
         self.register()
         self.paused = paused_queues(self.store)
         self.lease = LeaseKeeper(self.settings, self.id)
         self.lease.start()
-        keys = self.store.keys
         self._listener = NotificationListener(
-            self.store.redis, [*self.selector.channels(), keys.control_channel], self.selector.patterns(),
+            self.store.redis, [*self.selector.channels(), self.store.keys.control_channel], self.selector.patterns(),
             self._on_message,
         )
         self._listener.start()
-        self._service_greenlets.append(gevent.spawn(self._save_progress_forever))
-        self._service_greenlets.append(gevent.spawn(self._recover_forever))
-        self._service_greenlets.append(gevent.spawn(self._report_forever))
-        self._service_greenlets.append(gevent.spawn(self._refresh_paused_forever))
-        if self.scheduler is not None:
-            self._scheduler_greenlet = gevent.spawn(self._schedule_forever)
+        self.housekeeping.start()
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
                  " ".join(self.selector.names), self.settings.greenlets)
 
     def register(self) -> None:
         """Take the lease and record the queues where this worker will hold running ids (more are
         added as subqueues are discovered, before their first dequeue)."""
-        keys = self.store.keys
-        self.store.scripts.lease(keys=[keys.workers], args=[self.id, "register", self.settings.worker_lease])
+        self.leases.register(self.id, self.settings.worker_lease)
         names = [e.name for e in self.selector.entries if isinstance(e, Queue) and not e.is_raw]
-        names += [q.name for q in self._registered]
-        if names:
-            self.store.redis.sadd(keys.worker_queues(self.id), *names)
+        self.leases.add_queues(self.id, names + [q.name for q in self._registered])
 
-    def _register_queue(self, queue: Queue) -> None:
+    def register_queue(self, queue: Queue) -> None:
         """Before the first dequeue from a queue: a crash after it must find our running set there."""
         if queue.is_raw:
             return
-        retry_through_outage(lambda: self.store.redis.sadd(self.store.keys.worker_queues(self.id), queue.name),
-                             "Redis worker registration", log, give_up=lambda: self.graceful_stop)
+        retry_through_outage(lambda: self.leases.add_queues(self.id, [queue.name]), "Redis worker registration",
+                             log, give_up=lambda: self.graceful_stop)
         self._registered.append(queue)
 
     def _check_raw_queues(self) -> None:
@@ -191,8 +195,9 @@ class Worker:
             if isinstance(probe, RawQueue):
                 probe.config  # noqa: B018 - raises ConfigError naming the queue
 
-    def _known_ids(self) -> set[str]:
-        return set(self.running) | self.writer.pending_ids()
+    def known_ids(self) -> set[str]:
+        """Ids of our running sets that this process knows about (running or finishing)."""
+        return set(self.running) | set(self.writer.pending())
 
     def finish(self) -> None:
         self.set_status("kill" if self.shutdown_now else "join")
@@ -201,46 +206,73 @@ class Worker:
             self.pool.join(timeout=30)
         else:
             self.pool.join()  # a second SIGINT or a SIGTERM interrupts the jobs and ends this wait
-        self.writer.wait_idle(timeout=60)
+        self.writer.wait_idle(timeout=SHUTDOWN_WRITE_WAIT)
         if self._listener is not None:
             self._listener.stop()
-        if self._scheduler_greenlet is not None:
-            self._scheduler_stop.set()
-            self._scheduler_greenlet.join(timeout=10)  # let a check in progress complete
-            self._scheduler_greenlet.kill(block=True, timeout=2)
-        for greenlet in self._service_greenlets:
-            greenlet.kill(block=True, timeout=2)
-        self._flush_logs()
-        if self._log_handler is not None:
-            logging.getLogger("mrq.current").removeHandler(self._log_handler)
-        clean = not self.running and self.writer.backlog == 0
+        self.housekeeping.stop()
+        self._within(5.0, self.housekeeping.flush_logs)
+        if self.log_handler is not None:
+            logging.getLogger("mrq.current").removeHandler(self.log_handler)
+        left = self._jobs_left()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.lease is not None:
-            # Jobs still running (stuck in C code...) keep their ids in the running sets: the lease
-            # then expires and another worker recovers them.
-            self.lease.stop(release=clean)
-        if clean:
-            try:
-                self.store.redis.delete(self.store.keys.worker_queues(self.id))
-            except Exception as exc:
-                log.warning("could not unregister the worker: %s", exc)
+            # Jobs still running (stuck in C code...) or not acknowledged keep their ids in the running
+            # sets: the lease then expires and another worker recovers them.
+            self.lease.stop(release=not left)
+        if left:
+            log.warning("stopping with %s: leaving this worker's lease to expire; another worker takes these jobs "
+                        "back within %gs", left, self.settings.worker_lease + self.settings.worker_lease / 3)
+            self.exitcode = self.exitcode or EXIT_JOBS_LEFT
+        else:
+            self._within(5.0, lambda: self.store.redis.delete(self.store.keys.worker_queues(self.id)))
         self.set_status("stop")
         profile = self.tracing.worker_profile()
         if profile:
             log.info("worker profile (top functions by cumulative time):\n%s", profile)
-        self.report(extra={"profile": profile} if profile else None)
+        self._within(5.0, lambda: self.report(extra={"profile": profile} if profile else None))
         if self.admin is not None:
             self.admin.stop()
         log.info("worker %s stopped after %d jobs", self.name, self.done_jobs)
         current.set_current_worker(None)
 
-    def install_signal_handlers(self) -> None:
+    def _jobs_left(self) -> str:
+        """What keeps this worker from releasing its lease ("" when nothing does): jobs still
+        running, writes not stored or not acknowledged, ids still in its running sets."""
+        if self.running:
+            return f"{len(self.running)} jobs still running"
+        if not self.writer.idle:
+            return f"{len(self.writer.pending())} final statuses not stored or not acknowledged"
+
+        def held() -> int:
+            return sum(len(RegularQueue(name, self.store).running_ids(self.id))
+                       for name in self.leases.queues_of(self.id))
+
+        count = self._within(5.0, held)
+        if count is None:
+            return "its running sets unreadable (Redis unreachable)"
+        return f"{count} job ids still in its running sets" if count else ""
+
+    @staticmethod
+    def _within(seconds: float, operation: Callable[[], T]) -> T | None:
+        """Run a store operation at exit, at most `seconds` long; None when it failed or timed out."""
+        try:
+            with gevent.Timeout(seconds):
+                return operation()
+        except (gevent.Timeout, *STORE_ERRORS) as exc:
+            log.warning("at exit: %s", exc or "timed out")
+            return None
+
+    def install_signal_handlers(self) -> bool:
+        """True when this is the process's main greenlet (the worker owns the process)."""
         if getcurrent().parent is not None:
-            return  # not the main greenlet (tests running a worker inside gevent): no signals
+            return False  # not the main greenlet (tests running a worker inside gevent): no signals
         try:
             gevent.signal_handler(signal.SIGINT, self.on_sigint)
             gevent.signal_handler(signal.SIGTERM, self.on_sigterm)
         except ValueError:
-            pass  # not the main thread
+            return False  # not the main thread
+        return True
 
     def on_sigint(self) -> None:
         if self.graceful_stop:
@@ -257,7 +289,7 @@ class Worker:
 
     def stop(self, now: bool = False) -> None:
         self.graceful_stop = True
-        self._scheduler_stop.set()
+        self.housekeeping.scheduler_stop.set()
         if now:
             self.shutdown_now = True
             self.set_status("kill")
@@ -334,7 +366,7 @@ class Worker:
     def _on_control(self, data: bytes) -> None:
         command, _, argument = data.decode(errors="replace").partition(" ")
         if command == "paused":
-            gevent.spawn(self._refresh_paused)
+            gevent.spawn(self.housekeeping.refresh_paused)
             return
         if command == "abort":
             job = self.running.get(argument.strip())
@@ -342,22 +374,6 @@ class Worker:
                 job.aborted = True
                 log.warning("job %s (%s): abort requested, stopping it", job.id, job.path)
                 job.kill(AbortInterrupt("job aborted from outside while running"))
-
-    def _refresh_paused(self) -> None:
-        try:
-            paused = paused_queues(self.store)
-        except STORE_ERRORS:
-            return
-        if paused != self.paused:
-            resumed = self.paused - paused
-            self.paused = paused
-            if resumed:
-                self.wake.set()
-
-    def _refresh_paused_forever(self) -> None:
-        while True:
-            self._refresh_paused()
-            gevent.sleep(PAUSED_REFRESH)
 
     def start_jobs(self, taken: list[tuple[Queue, list[Any]]]) -> None:
         hook = self.settings.metric_hook
@@ -396,8 +412,8 @@ class Worker:
             current.set_current_job(None, me)
             self._forget(job)
             self.done_jobs += 1
-            if self._log_handler is not None and self._log_handler.pending:
-                self._logs_wake.set()
+            if self.log_handler is not None and self.log_handler.pending:
+                self.housekeeping.logs_wake.set()
 
     def _forget(self, job: RunningJob) -> None:
         """Drop the job from the local running table (only this run of it: the same id may already
@@ -421,64 +437,19 @@ class Worker:
                 job.interrupted = True
                 job.kill(ShutdownInterrupt("worker shutting down"))
 
-    # --- service greenlets ---------------------------------------------------------------------------
+    # --- reports and lost leases ---------------------------------------------------------------------
 
-    def _flush_logs(self) -> None:
-        if self._log_handler is None or not self._log_handler.pending:
-            return
-        try:
-            self._log_handler.flush()
-        except Exception as exc:
-            log.warning("storing job logs failed (%s); will retry", exc)
-
-    def _flush_logs_forever(self) -> None:
-        while True:
-            self._logs_wake.wait(1.0)
-            self._logs_wake.clear()
-            self._flush_logs()
-            gevent.sleep(0.05)  # let the lines of jobs ending together share one insert
-
-    def _recover_forever(self) -> None:
-        """Give back the jobs of workers whose lease expired; re-register if ours was lost."""
-        interval = max(0.5, min(self.settings.worker_lease / 3.0, 5.0))
-        while True:
-            try:
-                if self.lease is not None and self.lease.reregistered:
-                    self.lease.reregistered = False
-                    self._restore_running_sets()
-                self._check_epoch()
-                self.recovered_jobs += recovery.recover_expired(self.store, self.id, self.settings.max_recoveries)
-            except Exception as exc:
-                log.warning("recovering dead workers' jobs failed (%s); will retry", exc)
-            gevent.sleep(interval)
-
-    def _check_epoch(self) -> None:
-        """If Redis lost its data (the epoch key is gone), the first worker to notice puts every
-        waiting job MongoDB knows about back into Redis."""
-        if self.store.redis.set(self.store.keys.epoch, self.id, nx=True):
-            log.info("Redis has no mrq epoch key (new or emptied): checking MongoDB for waiting jobs to put back")
-            # A producer inserts the document, then pushes the id (retrying for redis_timeout): jobs
-            # younger than that may be on their way. Look at them once they are old enough.
-            grace = self.settings.redis_timeout + 1
-            maintenance.requeue_lost_jobs(self.store, min_age=grace)
-            gevent.spawn_later(grace, self._requeue_lost_later, grace)
-
-    def _requeue_lost_later(self, grace: float) -> None:
-        try:
-            maintenance.requeue_lost_jobs(self.store, min_age=grace)
-        except Exception as exc:
-            log.warning("putting back waiting jobs failed (%s); run mrq.basetasks.cleaning.RequeueLostJobs", exc)
-
-    def _restore_running_sets(self) -> None:
+    def restore_running_sets(self) -> None:
         """Our lease entry was gone: put our registration and running ids back."""
         log.error("this worker's lease had expired or Redis lost its data: its running jobs may have been "
                   "recovered by another worker and run twice; registering again")
         self.register()
-        pipe = self.store.redis.pipeline(transaction=False)
+        by_queue: dict[str, list[str]] = {}
         for job in list(self.running.values()):
             if not job.raw:
-                pipe.sadd(self.store.keys.queue_running(job.source_queue, self.id), job.key_id)
-        pipe.execute()
+                by_queue.setdefault(job.source_queue, []).append(job.key_id)
+        for name, ids in by_queue.items():
+            RegularQueue(name, self.store).hold(self.id, ids)
 
     def report(self, extra: dict[str, Any] | None = None) -> None:
         try:
@@ -490,33 +461,3 @@ class Worker:
                                           upsert=True)
         except Exception as exc:
             log.debug("writing the worker report failed: %s", exc)
-
-    def _report_forever(self) -> None:
-        while True:
-            self.report()
-            max_memory = self.settings.max_memory
-            if max_memory and not self.graceful_stop and memory_mb() > max_memory:
-                log.warning("memory %.0f MB is over --max_memory %d MB: finishing running jobs and exiting",
-                            memory_mb(), max_memory)
-                self.stop()
-            gevent.sleep(self.settings.report_interval)
-
-    def _schedule_forever(self) -> None:
-        assert self.scheduler is not None
-        try:
-            self.scheduler.sync()
-        except Exception as exc:  # check() syncs first when this failed
-            log.warning("scheduler sync failed (%s); will retry", exc)
-        while not self.graceful_stop:
-            self.scheduler.check()
-            self._scheduler_stop.wait(self.settings.scheduler_interval)
-
-    def _save_progress_forever(self) -> None:
-        while True:
-            gevent.sleep(1.0)
-            for job in list(self.running.values()):
-                if job.progress_dirty:
-                    try:
-                        job.save_progress()
-                    except Exception as exc:
-                        log.debug("saving progress of %s failed: %s", job.id, exc)

@@ -63,6 +63,7 @@ class RunningJob(Job):
         self.settings: TaskSettings = store.task_settings(doc.get("path") or "")
         self.greenlets: set[Greenlet] = set()
         self.started_monotonic = time.monotonic()
+        self.deadline = self.started_monotonic + self.settings.timeout  # monotonic
         self.datestarted: datetime | None = doc.get("datestarted")
         self.timed_out = False
         self.interrupted = False

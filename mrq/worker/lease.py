@@ -17,7 +17,7 @@ from typing import Any
 from ..config import Settings
 from ..connections import make_redis
 from ..storage.keys import Keys
-from ..storage.scripts import Scripts
+from ..storage.leases import Leases
 
 log = logging.getLogger("mrq.worker")
 
@@ -70,15 +70,14 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         client = make_redis(self.settings.redis, max_connections=2, timeout=max(0.5, min(self.lease / 3.0, 5.0)))
-        scripts = Scripts(client)
+        leases = Leases(client, self.keys)
         failing_since: float | None = None
         self._release = False
         try:
             while True:
                 try:
-                    renewed = scripts.lease(keys=[self.keys.workers], args=[self.worker_id, "renew", self.lease])
-                    if not renewed:
-                        scripts.lease(keys=[self.keys.workers], args=[self.worker_id, "register", self.lease])
+                    if not leases.renew(self.worker_id, self.lease):
+                        leases.register(self.worker_id, self.lease)
                         self.lost += 1
                         self.reregistered = True
                     self.renewals += 1
@@ -95,7 +94,7 @@ class LeaseKeeper:
                     break
             if self._release:
                 try:
-                    scripts.lease(keys=[self.keys.workers], args=[self.worker_id, "release"])
+                    leases.release(self.worker_id)
                 except Exception as exc:
                     log.warning("releasing the worker lease failed (%s); it will expire", exc)
         finally:

@@ -13,7 +13,7 @@ import psutil
 from ..clock import utcnow
 
 if TYPE_CHECKING:
-    from .core import Worker
+    from .view import WorkerView
 
 _process = psutil.Process()
 
@@ -22,7 +22,7 @@ def memory_mb() -> float:
     return round(_process.memory_info().rss / 1048576, 1)
 
 
-def build_report(worker: Worker) -> dict[str, Any]:
+def build_report(worker: WorkerView) -> dict[str, Any]:
     now = utcnow()
     jobs = [
         {
@@ -49,6 +49,8 @@ def build_report(worker: Worker) -> dict[str, Any]:
         "recovered_jobs": worker.recovered_jobs,
         "lease": {"seconds": settings.worker_lease, "renewals": worker.lease.renewals if worker.lease else 0,
                   "lost": worker.lease.lost if worker.lease else 0},
+        "hub_blocked": {"seconds": round(worker.watchdog.blocked_seconds, 3), "count": worker.watchdog.blocked_count,
+                        "longest": round(worker.watchdog.longest_block, 3)} if worker.watchdog else None,
         "process": {"rss_mb": memory_mb(), "cpu_user": round(cpu.user, 2), "cpu_system": round(cpu.system, 2)},
         "config": {
             "greenlets": settings.greenlets,

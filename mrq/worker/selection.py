@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backoff import STORE_ERRORS, retry_through_outage
-from ..queue import Queue, is_paused_in, subqueue_names
-from ..store import strings
+from ..queue import Queue, RegularQueue, is_paused_in, subqueue_names
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -71,19 +69,27 @@ class SubqueueGroup:
         return [self.members[n] for n in names[self._offset:] + names[:self._offset]]
 
 
+class SelectorHost(Protocol):
+    """What the selector needs of its worker."""
+
+    id: str
+    graceful_stop: bool
+
+    def register_queue(self, queue: Queue) -> None:
+        """Called before the first dequeue from a queue (a crash after it must find our running set)."""
+
+    def known_ids(self) -> set[str]:
+        """Ids of our running sets that the worker knows about (running or finishing)."""
+
+
 class QueueSelector:
-    def __init__(self, store: Store, names: list[str], strategy: str, worker_id: str,
-                 before_first_take: Callable[[Queue], None], stopping: Callable[[], bool],
-                 known_ids: Callable[[], set[str]]) -> None:
+    def __init__(self, store: Store, names: list[str], strategy: str, host: SelectorHost) -> None:
         self.store = store
         self.strategy = strategy
-        self.worker_id = worker_id
+        self.host = host
         self.entries: list[Queue | SubqueueGroup] = [
             SubqueueGroup(store, name[:-1]) if name.endswith("/") else Queue(name, store) for name in names
         ]
-        self._before_first_take = before_first_take
-        self._stopping = stopping
-        self.known_ids = known_ids  # ids of our running sets that we know about (running or finishing)
         self._seen: set[str] = set()
         self._offset = 0
         self.next_due: float | None = None
@@ -132,7 +138,7 @@ class QueueSelector:
         else:
             share = free
         for entry in entries:
-            if free <= 0 or self._stopping():
+            if free <= 0 or self.host.graceful_stop:
                 break
             if isinstance(entry, SubqueueGroup):
                 got = self._take_group(entry, min(share, free), paused)
@@ -166,19 +172,19 @@ class QueueSelector:
 
     def _take_one(self, queue: Queue, count: int) -> Taken:
         if queue.name not in self._seen:
-            self._before_first_take(queue)
+            self.host.register_queue(queue)
             self._seen.add(queue.name)
         failures = 0
 
         def attempt() -> tuple[list[Any], float | None]:
             nonlocal failures
             try:
-                return queue.dequeue(count, self.worker_id)
+                return queue.dequeue(count, self.host.id)
             except STORE_ERRORS:
                 failures += 1
                 raise
 
-        items, due = retry_through_outage(attempt, "Redis dequeue", log, give_up=self._stopping)
+        items, due = retry_through_outage(attempt, "Redis dequeue", log, give_up=lambda: self.host.graceful_stop)
         if due is not None:
             self.note_due(due)
         if failures and not queue.is_raw:
@@ -188,8 +194,9 @@ class QueueSelector:
         return [(queue, items)] if items else []
 
     def orphans(self, queue: Queue, just_taken: list[str]) -> list[str]:
-        members = strings(self.store.redis.smembers(self.store.keys.queue_running(queue.name, self.worker_id)))
-        known = self.known_ids() | set(just_taken)
+        assert isinstance(queue, RegularQueue)
+        members = queue.running_ids(self.host.id)
+        known = self.host.known_ids() | set(just_taken)
         unknown = [job_id for job_id in members if job_id not in known]
         if unknown:
             log.warning("taking %d job ids found in this worker's running set after a Redis timeout", len(unknown))

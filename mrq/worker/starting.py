@@ -21,12 +21,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
 
-from .. import job as jobs
 from ..backoff import retry_through_outage
 from ..clock import utcnow
 from ..exceptions import TaskNotFound
+from ..lifecycle import HeldJobs, statuses
 from ..queue import Queue, RawQueue
 from ..task import load_task
 from .execution import RunningJob, format_exception
@@ -41,13 +40,13 @@ HOLD_BACK = 0.5
 
 
 class JobStarter:
-    def __init__(self, store: Store, worker_id: str, worker_oid: ObjectId, running: dict[str, RunningJob],
-                 pending_ids: Callable[[], set[str]]) -> None:
+    def __init__(self, store: Store, held: HeldJobs, worker_oid: ObjectId, running: dict[str, RunningJob],
+                 finishing: Callable[[], dict[str, str | None]]) -> None:
         self.store = store
-        self.worker_id = worker_id
+        self.held = held
         self.oid = worker_oid
         self.running = running
-        self.pending_ids = pending_ids
+        self.finishing = finishing
         self._limits: dict[str, int] = {}
 
     def start(self, taken: list[tuple[Queue, list[Any]]]) -> list[RunningJob]:
@@ -63,33 +62,56 @@ class JobStarter:
     # --- regular ------------------------------------------------------------------------------------
 
     def _start_regular(self, taken: list[tuple[Queue, list[Any]]]) -> list[RunningJob]:
-        queue_of: dict[str, Queue] = {job_id: queue for queue, ids in taken for job_id in ids}
-        busy = set(self.running) | self.pending_ids()
-        if len(queue_of) == 1:
+        finishing = self.finishing()
+        queue_of: dict[str, Queue] = {}
+        drop: dict[str, list[str]] = {}
+        for queue, ids in taken:
+            for job_id in ids:
+                if not ObjectId.is_valid(job_id):
+                    log.error("queue %s held %r, which is not a job id (written by something else than mrq?): "
+                              "dropped", queue.name, job_id[:100])
+                    drop.setdefault(queue.name, []).append(job_id)
+                    continue
+                if job_id in queue_of:  # taken from two queues at once: two entries, keep one
+                    if queue_of[job_id] != queue:
+                        drop.setdefault(queue.name, []).append(job_id)
+                    continue
+                owner = self.running.get(job_id)
+                if owner is not None:
+                    # Running here already: from the same queue this is that run's own entry;
+                    # from another queue it is a second entry, and a duplicate.
+                    if owner.source_queue != queue.name:
+                        drop.setdefault(queue.name, []).append(job_id)
+                    continue
+                if job_id in finishing:
+                    # Its previous run's final status is being written. From the same queue, this
+                    # is that run's entry (the writer puts it where the document says once the
+                    # write is done); from another queue, look at it again in a moment.
+                    if finishing[job_id] != queue.name:
+                        self._hold_back(queue.name, job_id)
+                    continue
+                queue_of[job_id] = queue
+        if len(queue_of) == 1 and not drop:
             [(job_id, queue)] = queue_of.items()
-            if job_id not in busy:
-                return self._start_one(queue, job_id)
-        oids = [ObjectId(job_id) for job_id in queue_of if job_id not in busy]
+            return self._start_one(queue, job_id)
+        oids = [ObjectId(job_id) for job_id in queue_of]
         docs = retry_through_outage(lambda: list(self.store.jobs.find({"_id": {"$in": oids}})), "MongoDB job load",
                                     log) if oids else []
         found = {str(doc["_id"]): doc for doc in docs}
-        drop: dict[str, list[str]] = {}
         candidates: list[dict[str, Any]] = []
         for job_id, queue in queue_of.items():
-            if job_id in busy:
-                continue  # a duplicate of an id we are running or finishing: its running-set entry is that job's
             doc = found.get(job_id)
-            if doc is None or doc.get("status") not in jobs.STARTABLE_STATUSES:
+            if doc is None or doc.get("status") not in statuses.STARTABLE_STATUSES:
                 if doc is None:
                     log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
                                 job_id, queue.name)
                 drop.setdefault(queue.name, []).append(job_id)
                 continue
             candidates.append(doc)
-        candidates, held = self._take_slots(candidates)
-        for doc in held:
+        candidates, held_back = self._take_slots(candidates)
+        for doc in held_back:
             self._hold_back(queue_of[str(doc["_id"])].name, str(doc["_id"]))
-        ours = self._mark_started(candidates)
+        ours = self.held.start_many(candidates)
         started = []
         for doc in candidates:
             job_id = str(doc["_id"])
@@ -100,80 +122,27 @@ class JobStarter:
             job = RunningJob(ours[job_id], queue_of[job_id].name, self.store)
             job.max_concurrency = self.limit_of(job.path or "")
             started.append(job)
-        if drop:
-            self._drop(drop)
+        self.held.drop(drop)
         return started
 
     def _start_one(self, queue: Queue, job_id: str) -> list[RunningJob]:
         """The idle case (one job taken): start it in one round trip (find_one_and_update) rather
         than two (find, then update_many): this is on the pickup latency path."""
-        now = utcnow()
-        changes = {"status": jobs.STARTED, "datestarted": now, "dateupdated": now, "worker": self.oid}
-
-        def start() -> dict[str, Any] | None:
-            found: dict[str, Any] | None = self.store.jobs.find_one_and_update(
-                {"_id": ObjectId(job_id), "status": {"$in": sorted(jobs.STARTABLE_STATUSES)}},
-                {"$set": changes, "$unset": {"dateexpires": "", "dateretry": ""}},
-                return_document=ReturnDocument.AFTER,
-            )
-            if found is None:  # a retried attempt may have applied: look
-                found = self.store.jobs.find_one({"_id": ObjectId(job_id), "status": jobs.STARTED,
-                                                  "worker": self.oid, "datestarted": now})
-            return found
-
-        doc = retry_through_outage(start, "MongoDB job start", log)
+        doc = self.held.start_one(job_id)
         if doc is None:
             if self.store.jobs.count_documents({"_id": ObjectId(job_id)}, limit=1) == 0:
                 log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
                             job_id, queue.name)
-            self._drop({queue.name: [job_id]})
+            self.held.drop({queue.name: [job_id]})
             return []
         if self.limit_of(doc.get("path") or ""):
-            _, held = self._take_slots([doc])
-            if held:  # no free slot: undo the start, wait in the queue
-                self.store.jobs.update_one({"_id": doc["_id"], "status": jobs.STARTED, "worker": self.oid},
-                                           {"$set": {"status": jobs.QUEUED}})
-                self._hold_back(queue.name, job_id)
+            _, held_back = self._take_slots([doc])
+            if held_back:  # no free slot: undo the start, wait in the queue
+                self.held.unstart(doc, queue.name, self._due())
                 return []
         job = RunningJob(doc, queue.name, self.store)
         job.max_concurrency = self.limit_of(job.path or "")
         return [job]
-
-    def _mark_started(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """One guarded update for the batch; returns the documents that started for this worker."""
-        if not docs:
-            return {}
-        now = utcnow()
-        oids = [doc["_id"] for doc in docs]
-        changes = {"status": jobs.STARTED, "datestarted": now, "dateupdated": now, "worker": self.oid}
-
-        def mark() -> int:
-            return int(self.store.jobs.update_many(
-                {"_id": {"$in": oids}, "status": {"$in": sorted(jobs.STARTABLE_STATUSES)}},
-                {"$set": changes, "$unset": {"dateexpires": "", "dateretry": ""}},
-            ).modified_count)
-
-        modified = retry_through_outage(mark, "MongoDB job start", log)
-        if modified == len(docs):
-            for doc in docs:
-                doc.update(changes)
-                doc.pop("dateexpires", None)
-                doc.pop("dateretry", None)
-            return {str(doc["_id"]): doc for doc in docs}
-        # Some changed status meanwhile (cancelled...), or a retried attempt had applied: look.
-        fresh = retry_through_outage(lambda: list(self.store.jobs.find({"_id": {"$in": oids}})), "MongoDB job load",
-                                     log)
-        return {str(d["_id"]): d for d in fresh
-                if d.get("status") == jobs.STARTED and d.get("worker") == self.oid and d.get("datestarted") == now}
-
-    def _drop(self, drop: dict[str, list[str]]) -> None:
-        def ack() -> None:
-            pipe = self.store.redis.pipeline(transaction=False)
-            for name, ids in drop.items():
-                pipe.srem(self.store.keys.queue_running(name, self.worker_id), *ids)
-            pipe.execute()
-
-        retry_through_outage(ack, "Redis acknowledgement", log)
 
     # --- max_concurrency ------------------------------------------------------------------------------
 
@@ -198,12 +167,11 @@ class JobStarter:
 
     def _hold_back(self, queue: str, job_id: str) -> None:
         """Back into the queue's delayed set for a moment, atomically out of our running set."""
-        keys = self.store.keys
-        due = time.time() + HOLD_BACK * (1 + random.random())
-        retry_through_outage(lambda: self.store.scripts.requeue_running(
-            keys=[keys.queue_ids(queue), keys.queue_running(queue, self.worker_id), keys.queue_delayed(queue)],
-            args=[job_id, "d", repr(due)],
-        ), "Redis hold back", log)
+        self.held.give_back(queue, [(job_id, "d", self._due())])
+
+    @staticmethod
+    def _due() -> float:
+        return time.time() + HOLD_BACK * (1 + random.random())
 
     def limit_of(self, path: str) -> int:
         """The task's max_concurrency: TASKS first, else MRQ's `Task.max_concurrency` class
@@ -233,7 +201,7 @@ class JobStarter:
         failed_docs: list[dict[str, Any]] = []
         for param in params:
             doc: dict[str, Any] = {
-                "_id": ObjectId(), "queue": config.retry_queue, "raw_queue": queue.name, "status": jobs.STARTED,
+                "_id": ObjectId(), "queue": config.retry_queue, "raw_queue": queue.name, "status": statuses.STARTED,
                 "datequeued": now, "datestarted": now, "dateupdated": now, "worker": self.oid, "retry_count": 0,
             }
             try:
@@ -265,10 +233,10 @@ class JobStarter:
         text = f"job_factory of raw queue {queue.name} failed for raw param {str(param)[:1000]!r}:\n" + \
             format_exception(sys.exc_info())
         doc.update({
-            "path": f"{queue.root}.job_factory", "params": {"raw": str(param)[:100_000]}, "status": jobs.FAILED,
+            "path": f"{queue.root}.job_factory", "params": {"raw": str(param)[:100_000]}, "status": statuses.FAILED,
             "exceptiontype": type(exc).__name__, "traceback": text, "datefinished": now,
             "dateexpires": now + timedelta(seconds=self.store.settings.default_job_ttl),
-            "traceback_history": [{"date": now, "status": jobs.FAILED, "exceptiontype": type(exc).__name__,
+            "traceback_history": [{"date": now, "status": statuses.FAILED, "exceptiontype": type(exc).__name__,
                                    "traceback": text, "worker": self.oid}],
         })
         return doc

@@ -14,18 +14,18 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import iocount
-from .backoff import STORE_ERRORS
-from .queue import queue_infos
+from .. import iocount
+from ..backoff import STORE_ERRORS
+from ..queue import queue_infos
 
 if TYPE_CHECKING:
-    from .worker.core import Worker
+    from .view import WorkerView
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class WorkerMetrics:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.jobs = Counter("mrq_jobs", "Jobs that ended, by task path and status.", ["path", "status"],
                             registry=self.registry)
@@ -49,7 +49,7 @@ class WorkerMetrics:
 class _LiveCollector(Collector):
     """Values read at scrape time."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerView) -> None:
         self.worker = worker
 
     def collect(self) -> Iterator[Any]:
@@ -66,6 +66,21 @@ class _LiveCollector(Collector):
         lease = CounterMetricFamily("mrq_lease_lost", "Times this worker found its lease gone.")
         lease.add_metric([], worker.lease.lost if worker.lease else 0)
         yield lease
+        watchdog = worker.watchdog
+        blocked = CounterMetricFamily("mrq_hub_blocked_seconds", "Time job greenlets kept the CPU without yielding "
+                                      "(stretches of 0.1 s or more): the event loop ran nothing else meanwhile.")
+        blocked.add_metric([], watchdog.blocked_seconds if watchdog else 0.0)
+        yield blocked
+        blocks = CounterMetricFamily("mrq_hub_blocks", "Stretches of 0.1 s or more a job greenlet kept the CPU.")
+        blocks.add_metric([], watchdog.blocked_count if watchdog else 0)
+        yield blocks
+        longest = GaugeMetricFamily("mrq_hub_longest_block_seconds", "The longest such stretch so far.")
+        longest.add_metric([], watchdog.longest_block if watchdog else 0.0)
+        yield longest
+        runaway = CounterMetricFamily("mrq_runaway_jobs_interrupted", "Jobs the watchdog stopped past their "
+                                      "timeout because they never yielded.")
+        runaway.add_metric([], watchdog.interrupts if watchdog else 0)
+        yield runaway
         redis_trips, mongo = iocount.snapshot()
         trips = CounterMetricFamily("mrq_redis_round_trips", "Requests sent to Redis (a pipeline counts once).")
         trips.add_metric([], redis_trips)

@@ -1,0 +1,91 @@
+"""The fields each transition writes, built here and nowhere else: the new job document, the
+final-status fields, the `traceback_history` entry, the fields of a job put back in its queue,
+and the minimal failure stored when MongoDB refuses a transition's write."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from .statuses import ABORT, CANCEL, FAILED, QUEUED, SUCCESS
+
+#: `traceback_history` keeps the newest entries only.
+HISTORY_LIMIT = 50
+#: A traceback stored with a refused write is cut to this many characters.
+MINIMAL_TRACEBACK_CHARS = 4096
+
+
+def ttl_for(status: str, task_settings: Any) -> float:
+    """Seconds a job in a final status is kept (its `dateexpires`)."""
+    if status == SUCCESS:
+        return float(task_settings.result_ttl)
+    if status == ABORT:
+        return float(task_settings.abort_ttl)
+    if status == CANCEL:
+        return float(task_settings.cancel_ttl)
+    return float(task_settings.default_ttl)
+
+
+def new_job(job_id: ObjectId, path: str, params: dict[str, Any], queue: str, now: datetime) -> dict[str, Any]:
+    """The document `queue_jobs` inserts."""
+    return {"_id": job_id, "path": path, "params": params, "queue": queue, "status": QUEUED,
+            "datequeued": now, "dateupdated": now, "retry_count": 0}
+
+
+def final_fields(status: str, ttl: float, now: datetime, started: datetime | None) -> dict[str, Any]:
+    """The fields every final status write sets; the job is kept `ttl` seconds (see ttl_for)."""
+    fields: dict[str, Any] = {
+        "status": status,
+        "dateupdated": now,
+        "datefinished": now,
+        "dateexpires": now + timedelta(seconds=ttl),
+    }
+    if started is not None:
+        fields["totaltime"] = (now - started).total_seconds()
+    return fields
+
+
+def history_entry(status: str, exceptiontype: str, traceback: str, worker: Any, now: datetime,
+                  **extra: Any) -> dict[str, Any]:
+    return {"date": now, "status": status, "exceptiontype": exceptiontype, "traceback": traceback,
+            "worker": worker, **extra}
+
+
+def push_history(update: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """Add `entry` to an update's `traceback_history` (bounded)."""
+    update["$push"] = {"traceback_history": {"$each": [entry], "$slice": -HISTORY_LIMIT}}
+    return update
+
+
+def requeued_fields(now: datetime, queue: str | None = None) -> dict[str, Any]:
+    """A job put back in a queue (`$set`); pair with REQUEUED_UNSET."""
+    fields: dict[str, Any] = {"status": QUEUED, "datequeued": now, "dateupdated": now}
+    if queue is not None:
+        fields["queue"] = queue
+    return fields
+
+
+#: What a job put back in its queue forgets (`$unset`).
+REQUEUED_UNSET = {"dateexpires": "", "dateretry": "", "datefinished": ""}
+
+
+def cut(text: str, limit: int = MINIMAL_TRACEBACK_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return text[:keep] + f"\n... [{len(text) - 2 * keep} characters cut] ...\n" + text[-keep:]
+
+
+def minimal_failure(reason: str, ttl: float, now: datetime, *, shrink: bool = False) -> dict[str, Any]:
+    """The update stored when MongoDB refuses a transition's write (a document grown past 16 MiB,
+    a validator): `failed`, with why, and an expiry. With `shrink`, the fields that can make a
+    document too large (the result, the history) are removed too."""
+    update: dict[str, Any] = {"$set": {
+        "status": FAILED, "exceptiontype": "StatusWriteError", "traceback": cut(reason),
+        "dateupdated": now, "datefinished": now, "dateexpires": now + timedelta(seconds=ttl),
+    }}
+    if shrink:
+        update["$unset"] = {"result": "", "traceback_history": ""}
+    return update

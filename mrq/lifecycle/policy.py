@@ -1,0 +1,61 @@
+"""One error policy for every write a transition makes.
+
+- **An outage** (a connection error, a timeout, a failover, no primary) and **a missing
+  privilege** (Unauthorized: a deployment being fixed, never the job's fault): wait and retry
+  with backoff, logging once when it starts and once when it ends.
+- **A refusal** (the server answered no: a document grown past 16 MiB, a validator, a value it
+  cannot store): `Refused` is raised; the transition then stores a minimal final status and
+  acknowledges the id, so that a job is never left `started` with its id held forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import bson.errors
+import pymongo.errors
+
+from ..backoff import retry_through_outage
+
+T = TypeVar("T")
+
+log = logging.getLogger("mrq.lifecycle")
+
+#: MongoDB error codes that mean "this client may not do that (yet)": waited for like an outage.
+WAIT_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+
+
+class Refused(Exception):
+    """MongoDB refused a write (not an outage): the message says why."""
+
+
+def waits_for(exc: BaseException) -> bool:
+    return isinstance(exc, pymongo.errors.OperationFailure) and exc.code in WAIT_CODES
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A write error the server (or the driver, for a document it cannot encode) will give again."""
+    if isinstance(exc, pymongo.errors.OperationFailure):
+        timeouts = pymongo.errors.ExecutionTimeout | pymongo.errors.WTimeoutError
+        return not waits_for(exc) and not isinstance(exc, timeouts)
+    return isinstance(exc, bson.errors.InvalidDocument)
+
+
+def reason_of(exc: BaseException) -> str:
+    details = getattr(exc, "details", None)
+    if isinstance(details, dict) and details.get("errmsg"):
+        return f"{details['errmsg']} (code {details.get('code')})"
+    return str(exc) or type(exc).__name__
+
+
+def write(operation: Callable[[], T], what: str, *, maximum: float = 5.0,
+          give_up: Callable[[], bool] = lambda: False) -> T:
+    """Run a MongoDB (or Redis) write through outages; raise `Refused` when the server refuses it."""
+    try:
+        return retry_through_outage(operation, what, log, maximum=maximum, give_up=give_up, waits_for=waits_for)
+    except Exception as exc:
+        if is_refusal(exc):
+            raise Refused(reason_of(exc)) from exc
+        raise

@@ -1,0 +1,81 @@
+"""Reconciliation: putting Redis back in line with MongoDB after Redis lost data.
+
+MongoDB is the record of every regular job; Redis holds where each waiting job's id is. When
+Redis loses data (restarted empty, FLUSHALL, or a failover to a replica that missed the last
+writes), jobs MongoDB says are waiting may be in no Redis structure, and paused queues would
+silently resume. Every worker checks every few seconds whether the Redis server it talks to is
+the one MongoDB was last reconciled with: the `<p>:epoch` key holds that server's identity (its
+`run_id`s; a restart or a failover changes them). When the key is missing or names another
+server, one worker (holding `<p>:reconciling`) runs a complete pass: waiting jobs put back
+(maintenance.requeue_lost_jobs), paused flags restored from MongoDB. The epoch is written only
+after the pass completes; a pass that fails (MongoDB unreachable...) is simply tried again at
+the next check, by whichever worker gets there first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.exceptions
+
+from .connections import is_cluster
+from .maintenance import requeue_lost_jobs
+from .queue import restore_paused
+from .store import Store, strings
+
+log = logging.getLogger("mrq.reconcile")
+
+#: Seconds the reconciliation lock lasts without being extended (a pass extends it per batch).
+LOCK_SECONDS = 60
+
+
+def server_identity(client: Any) -> str:
+    """The run ids of the Redis server(s) behind a client: they change when a server restarts or
+    another one takes over. Empty when the client may not run INFO (an ACL without it): then only
+    a missing epoch key triggers reconciliation."""
+    try:
+        if is_cluster(client):
+            from redis.cluster import RedisCluster
+
+            infos = client.info("server", target_nodes=RedisCluster.PRIMARIES)
+            found = [infos] if "run_id" in infos else list(infos.values())
+        else:
+            found = [client.info("server")]
+    except redis.exceptions.NoPermissionError:
+        return ""
+    return ",".join(sorted(str(info.get("run_id", "")) for info in found))
+
+
+class Reconciler:
+    def __init__(self, store: Store, worker_id: str) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.passes = 0
+
+    def check(self) -> bool:
+        """Reconcile if Redis is not the server MongoDB was last reconciled with. True when this
+        call ran a complete pass. Raises what the pass raised (the next check tries again)."""
+        keys, client = self.store.keys, self.store.redis
+        identity = server_identity(client)
+        recorded = client.get(keys.epoch)
+        if recorded is not None and strings([recorded])[0] == identity:
+            return False
+        if not client.set(keys.reconcile_lock, self.worker_id, nx=True, ex=LOCK_SECONDS):
+            return False  # another worker is on it
+        why = "Redis has no epoch key (a new or emptied Redis)" if recorded is None else \
+            "Redis runs another server than at the last reconciliation (a restart or a failover)"
+        log.info("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
+        try:
+            counts = requeue_lost_jobs(self.store, min_age=0,
+                                       extend=lambda: client.expire(keys.reconcile_lock, LOCK_SECONDS))
+            paused = restore_paused(self.store)
+            client.set(keys.epoch, identity)
+        finally:
+            if client.get(keys.reconcile_lock) == self.worker_id.encode():
+                client.delete(keys.reconcile_lock)
+        self.passes += 1
+        if counts["queued"] or counts["delayed"] or paused:
+            log.warning("reconciled Redis with MongoDB: %d queued and %d delayed jobs put back, %d paused queues "
+                        "(%s)", counts["queued"], counts["delayed"], len(paused), why)
+        return True
