@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import OPTIONS, Option
+from ..options import OPTIONS, Option
 from .child import PROCESS_NUM_ENV, START_SECONDS
 
 PROGRAM = "mrq-worker"
