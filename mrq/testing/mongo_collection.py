@@ -190,8 +190,43 @@ def _select(docs: list[Doc], sort: Doc | None, skip: int = 0, limit: int = 0) ->
     return docs[skip : skip + limit if limit > 0 else None]
 
 
+class _GrownTooLarge(DuplicateKeyError):
+    """An update would store a document larger than ``MAX_BSON_SIZE``. A DuplicateKeyError only
+    because the engine, which updates documents in place, puts the old document back on that error
+    alone; ``FastCollection._update`` turns it into mongod's error before anything else sees it."""
+
+    def __init__(self) -> None:
+        super().__init__("document too large", 17419)
+        self.upsert = False  # set when it was the insert of an upsert
+
+
 class FastCollection(Collection):
-    """The engine's collection, with an ``_id`` fast path, quick equality checks and hashed unique indexes."""
+    """The engine's collection, with an ``_id`` fast path, quick equality checks and hashed unique
+    indexes, and mongod's limit on the documents an update writes."""
+
+    #: True while ``_update`` runs. Inserted documents are checked where they arrive: the wire
+    #: protocol refuses any document over the limit (mongo_server._decode_sequence).
+    _limit_size = False
+
+    def _update(self, *args: Any, **kwargs: Any) -> Doc:
+        """The engine's update, refusing like mongod a document it would make larger than
+        MAX_BSON_SIZE: the document stays as it was and the statement fails with code 17419
+        (17420 when the upsert would insert it)."""
+        self._limit_size = True
+        try:
+            return super()._update(*args, **kwargs)
+        except _GrownTooLarge as exc:
+            what = "Document to upsert is" if exc.upsert else "Resulting document after update is"
+            raise CommandError(17420 if exc.upsert else 17419, f"{what} larger than {MAX_BSON_SIZE}") from None
+        finally:
+            self._limit_size = False
+
+    def _insert(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._insert(data, *args, **kwargs)  # the engine deletes the document again
+        except _GrownTooLarge as exc:
+            exc.upsert = True  # raised only under _update: this insert is the one of an upsert
+            raise
 
     def _iter_documents(self, filter: Doc) -> Iterator[Doc]:
         if not isinstance(filter, dict):
@@ -217,6 +252,8 @@ class FastCollection(Collection):
         the holder of each entry; entries left by deleted or changed documents are detected by
         re-checking the document the table points to.
         """
+        if self._limit_size and _too_large(new_data):
+            raise _GrownTooLarge()
         store = self._store
         tables: dict[str, tuple[Doc, dict[Any, Any] | None]] = store.__dict__.setdefault("_mrq_unique", {})
         to_register: list[tuple[dict[Any, Any], list[Any]]] = []
@@ -294,3 +331,11 @@ def _as_list(value: Any) -> list[Any]:
 
 def _bson_size(doc: Doc) -> int:
     return len(bson.encode(doc))
+
+
+def _too_large(doc: Doc) -> bool:
+    """Whether ``doc`` is larger than ``MAX_BSON_SIZE`` (False when BSON cannot encode it: reading it fails)."""
+    try:
+        return _bson_size(doc) > MAX_BSON_SIZE
+    except (bson.InvalidDocument, OverflowError):
+        return False

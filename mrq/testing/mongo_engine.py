@@ -46,7 +46,7 @@ _CODE_NAMES = {
     1: "InternalError", 2: "BadValue", 9: "FailedToParse", 20: "IllegalOperation", 26: "NamespaceNotFound",
     27: "IndexNotFound", 43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 72: "InvalidOptions",
     73: "InvalidNamespace", 85: "IndexOptionsConflict", 238: "NotImplemented", 10334: "BSONObjectTooLarge",
-    11000: "DuplicateKey",
+    11000: "DuplicateKey", 17419: "Location17419", 17420: "Location17420",
 }
 # fmt: on
 #: How MongoDB spells the commands in ``serverStatus().metrics.commands`` (clients may send any case).
@@ -325,18 +325,23 @@ class Engine(Catalog):
         else:
             old = next(coll._iter_documents(query), None)
         value, last_error, upserted = None, {"n": 0, "updatedExisting": False}, None
-        if old is not None:
-            last_error = {"n": 1} if remove else {"n": 1, "updatedExisting": True}
-            value = None if new else coll._copy_only_fields(old, projection, dict, filter=query)
-            spec = {**query, "_id": old["_id"]}  # keeps the query for the positional operator
-            if remove:
-                coll._delete(spec)
-            else:
-                validate = not cmd.get("bypassDocumentValidation")
-                coll._update(spec, update, array_filters=cmd.get("arrayFilters"), validate=validate)
-        elif upsert:
-            upserted = coll._update(query, update, upsert=True, array_filters=cmd.get("arrayFilters"))["upserted"]
-            last_error = {"n": 1, "updatedExisting": False, "upserted": upserted}
+        try:
+            if old is not None:
+                last_error = {"n": 1} if remove else {"n": 1, "updatedExisting": True}
+                value = None if new else coll._copy_only_fields(old, projection, dict, filter=query)
+                spec = {**query, "_id": old["_id"]}  # keeps the query for the positional operator
+                if remove:
+                    coll._delete(spec)
+                else:
+                    validate = not cmd.get("bypassDocumentValidation")
+                    coll._update(spec, update, array_filters=cmd.get("arrayFilters"), validate=validate)
+            elif upsert:
+                upserted = coll._update(query, update, upsert=True, array_filters=cmd.get("arrayFilters"))["upserted"]
+                last_error = {"n": 1, "updatedExisting": False, "upserted": upserted}
+        except CommandError as exc:  # mongod words every failure of the write so; here only the size limit
+            if exc.code not in (17419, 17420):
+                raise
+            raise CommandError(exc.code, f"Plan executor error during findAndModify :: caused by :: {exc}") from None
         if new and (old is not None or upserted is not None):
             doc = coll._store._documents.get(_store_key(upserted if old is None else old["_id"]))
             value = None if doc is None else coll._copy_only_fields(doc, projection, dict, filter=query)

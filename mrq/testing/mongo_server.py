@@ -23,6 +23,8 @@ Design:
 - TTL indexes are enforced by a background thread every ``TTL_PERIOD`` seconds (real MongoDB:
   about every 60 s). Idle cursors are dropped after ``CURSOR_TIMEOUT`` seconds, as in MongoDB.
 - Capped collections are emulated (``size``/``max``; the oldest documents go on insert).
+- No stored document exceeds 16 MiB: larger ones are refused as they arrive (inserts) and, as
+  mongod does (codes 17419 and 17420), when an update or upsert would produce one.
 
 Modules: this one (wire protocol, TCP server, command line), ``mongo_engine`` (the command engine:
 dispatch, cursors, reads, writes), ``mongo_catalog`` (databases, collections, indexes) and
