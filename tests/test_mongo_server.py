@@ -674,6 +674,85 @@ def test_document_over_16_mib_is_rejected(coll: Collection) -> None:
     assert coll.count_documents({}) == 0
 
 
+NINE_MIB = "x" * (9 * 1024 * 1024)
+TOO_LARGE_AFTER_UPDATE = "Resulting document after update is larger than 16777216"
+
+
+def big_document(coll: Collection, _id: Any = 1) -> None:
+    coll.insert_one({"_id": _id, "a": NINE_MIB})
+
+
+def is_unchanged_big_document(doc: dict[str, Any] | None, _id: Any = 1) -> bool:
+    return doc is not None and set(doc) == {"_id", "a"} and doc["_id"] == _id and doc["a"] == NINE_MIB
+
+
+def test_update_growing_a_document_past_16_mib_is_refused(coll: Collection) -> None:
+    big_document(coll)
+    with pytest.raises(WriteError) as raised:
+        coll.update_one({"_id": 1}, {"$set": {"b": NINE_MIB}})
+    assert raised.value.code == 17419
+    assert raised.value.details["codeName"] == "Location17419"
+    assert raised.value.details["errmsg"] == TOO_LARGE_AFTER_UPDATE
+    assert is_unchanged_big_document(coll.find_one({"_id": 1}))
+
+
+def test_unordered_bulk_write_applies_the_other_updates(coll: Collection) -> None:
+    big_document(coll)
+    coll.insert_one({"_id": 2, "n": 0})
+    with pytest.raises(BulkWriteError) as raised:
+        coll.bulk_write(
+            [UpdateOne({"_id": 1}, {"$set": {"b": NINE_MIB}}), UpdateOne({"_id": 2}, {"$inc": {"n": 1}})],
+            ordered=False,
+        )
+    details = raised.value.details
+    assert [(e["index"], e["code"]) for e in details["writeErrors"]] == [(0, 17419)]
+    assert (details["nMatched"], details["nModified"]) == (1, 1)
+    assert coll.find_one({"_id": 2}) == {"_id": 2, "n": 1}
+    assert is_unchanged_big_document(coll.find_one({"_id": 1}))
+
+
+def test_ordered_bulk_write_stops_at_the_refused_update(coll: Collection) -> None:
+    big_document(coll)
+    coll.insert_one({"_id": 2, "n": 0})
+    with pytest.raises(BulkWriteError) as raised:
+        coll.bulk_write([UpdateOne({"_id": 1}, {"$set": {"b": NINE_MIB}}), UpdateOne({"_id": 2}, {"$inc": {"n": 1}})])
+    assert [(e["index"], e["code"]) for e in raised.value.details["writeErrors"]] == [(0, 17419)]
+    assert coll.find_one({"_id": 2}) == {"_id": 2, "n": 0}
+    assert is_unchanged_big_document(coll.find_one({"_id": 1}))
+
+
+def test_find_one_and_update_past_16_mib_is_a_command_error(coll: Collection) -> None:
+    big_document(coll)
+    with pytest.raises(OperationFailure) as raised:
+        coll.find_one_and_update({"_id": 1}, {"$set": {"b": NINE_MIB}}, return_document=ReturnDocument.AFTER)
+    assert raised.value.code == 17419
+    assert raised.value.details["errmsg"] == f"Plan executor error during findAndModify :: caused by :: " \
+        f"{TOO_LARGE_AFTER_UPDATE}"
+    assert is_unchanged_big_document(coll.find_one({"_id": 1}))
+
+
+def test_upsert_inserting_a_document_past_16_mib_is_refused(coll: Collection) -> None:
+    copy_a = [{"$set": {"b": "$a"}}]  # a pipeline update: the statement stays under 16 MiB
+    with pytest.raises(WriteError) as raised:
+        coll.update_one({"_id": 1, "a": NINE_MIB}, copy_a, upsert=True)
+    assert raised.value.code == 17420
+    assert raised.value.details["errmsg"] == "Document to upsert is larger than 16777216"
+    with pytest.raises(OperationFailure) as raised:
+        coll.find_one_and_update({"_id": 1, "a": NINE_MIB}, copy_a, upsert=True)
+    assert raised.value.code == 17420
+    assert coll.count_documents({}) == 0
+
+
+def test_updates_staying_under_16_mib_pass(coll: Collection) -> None:
+    big_document(coll)
+    six_mib = "y" * (6 * 1024 * 1024)
+    assert coll.update_one({"_id": 1}, {"$set": {"b": six_mib}}).modified_count == 1
+    before = coll.find_one_and_update({"_id": 1}, {"$set": {"c": 1}})
+    assert before is not None and set(before) == {"_id", "a", "b"}
+    after = coll.find_one({"_id": 1})
+    assert after is not None and (after["a"], after["b"], after["c"]) == (NINE_MIB, six_mib, 1)
+
+
 def test_connection_survives_server_side_errors(recorded: tuple[Database, Recorder]) -> None:
     db, recorder = recorded
     db.c.insert_one({"_id": 1, "n": Int64(2**63 - 1)})

@@ -1,44 +1,10 @@
-"""`mrq-worker --processes N`: N worker processes under supervisord.
-
-The `mrq-worker` process that is given `--processes N` runs no jobs itself. It writes a
-supervisord configuration in a private temporary directory (removed at exit) and runs
-`supervisord -n` as its child, in a session of its own (a Ctrl-C in the terminal reaches only
-this parent, which decides what the workers get). supervisord runs N copies of the same worker
-command line without `--processes` and with `MRQ_IS_SUBPROCESS=1` (a worker never supervises),
-restarts any of them that exits (a crash, a SIGKILL, or the clean exit of --max_jobs,
---max_time, --max_memory), and writes their output to the parent's stdout. The parent talks to
-supervisord through XML-RPC on a unix socket in the temporary directory.
-
-Stopping, decided by the parent:
-  - first SIGINT: supervisord shuts down, sending each worker its stop signal, SIGINT (finish
-    the running jobs, take no new ones); nothing is restarted. No time limit: a worker running
-    an hours-long job takes hours. The parent exits 0 once every worker has exited.
-  - second SIGINT, or SIGTERM: every worker also gets SIGTERM (its running jobs are interrupted
-    and queued again). Workers still alive `stop_timeout` seconds later get SIGKILL (their
-    process group), and the exit code is 1.
-  - the parent dies (even by SIGKILL): supervisord gets SIGTERM from the kernel
-    (PR_SET_PDEATHSIG, Linux) and shuts down; each worker notices within a second that its
-    supervisor lost its parent and sends itself SIGTERM (`watch_for_orphaning`), so that a lost
-    parent never leaves jobs running for hours without anyone able to stop them.
-
-Quirks of supervisord handled here:
-  - a program that exits sooner than `startsecs` after it started counts as a failed start and
-    is restarted after a growing delay (1 s, 2 s, 3 s...): that is the crash-loop backoff we
-    want, but a worker that finishes its --max_jobs in half a second must not be punished, so a
-    supervised worker that exits cleanly waits out `START_SECONDS` (`wait_out_start_seconds`).
-  - every value of the configuration is %-expanded and `;` or `#` after whitespace starts a
-    comment, so arguments are quoted by `config_quote`, not by shlex.quote alone.
-  - `stdout_logfile=/dev/stdout` reopens the parent's stdout, which fails when it is a socket
-    (systemd's journal): then the output goes through a pipe and a small relay process. When it
-    is a regular file, supervisord appends while the parent would write at its own offset
-    (`> log`, no O_APPEND) over the workers' lines: the parent's stdout is set to append too.
-  - supervisord refuses RPC calls once it is shutting down, so the hard stop signals the
-    workers itself (psutil, which checks that a pid still is the same process).
+"""The `mrq-worker --processes N` parent: it runs supervisord with the configuration of
+supervisord_conf.py, turns the signals it gets into the stop levels that mrq/processes/__init__.py
+describes, and leaves no worker behind when it exits.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import fcntl
 import http.client
@@ -62,25 +28,14 @@ from typing import Any
 
 import psutil
 
-from .config import OPTIONS, Option
-from .exceptions import SupervisorFailed
+from ..exceptions import SupervisorFailed
+from .child import PARENT_PID_ENV, SUBPROCESS_ENV
+from .supervisord_conf import render_config
 
 log = logging.getLogger("mrq.processes")
 
-#: Set in the environment of supervised workers: they never become supervisors themselves.
-SUBPROCESS_ENV = "MRQ_IS_SUBPROCESS"
-#: The pid of the `mrq-worker --processes` parent, for `watch_for_orphaning` in the workers.
-PARENT_PID_ENV = "MRQ_PARENT_PID"
-PROGRAM = "mrq-worker"
-#: supervisord's `startsecs`: a worker that exits sooner counts as a failed start (backoff).
-START_SECONDS = 1
 #: After SIGTERM, seconds the workers have to interrupt their jobs before SIGKILL.
 STOP_TIMEOUT = 30.0
-#: supervisord's `stopwaitsecs` for the graceful stop (SIGINT): in effect, no limit.
-GRACEFUL_STOP_SECONDS = 10**8
-#: Restarts in a row that fail to stay up START_SECONDS before supervisord gives up (the delay
-#: between them grows by a second each time, so this is "never").
-START_RETRIES = 100_000
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # some worker had to be SIGKILLed, or a burst worker could not start
@@ -105,113 +60,6 @@ while True:
 
 # Lines of supervisord's output that never explain a failure.
 _NOISE = ("For help, use", "Privileges were not dropped", "without any HTTP authentication checking")
-
-
-# --- the worker command line ----------------------------------------------------------------------
-
-
-def worker_argv(args: argparse.Namespace, options: Sequence[Option] = OPTIONS) -> list[str]:
-    """The command-line arguments a supervised worker gets: every flag the user passed (as
-    parsed: the parser suppresses defaults) except --processes, then `--` and the queues."""
-    argv: list[str] = []
-    if getattr(args, "config", None):
-        argv += ["--config", args.config]
-    queues: list[str] = []
-    for option in options:
-        if option.name == "processes" or not hasattr(args, option.name):
-            continue
-        value = getattr(args, option.name)
-        if option.positional:
-            queues = list(value or [])
-        elif isinstance(value, bool):  # --flag / --no-flag
-            argv.append(("--" if value else "--no-") + option.name)
-        else:
-            argv += ["--" + option.name, str(value)]
-    if queues:
-        argv += ["--", *queues]  # a queue may start with '-'
-    return argv
-
-
-_SAFE_CHAR = re.compile(r"[A-Za-z0-9_@+=:,./-]")
-
-
-def config_quote(arg: str) -> str:
-    """One argument for a supervisord `command=` line: supervisord %-expands the value, drops
-    what follows `;` or `#` after whitespace, strips the ends, then splits it with shlex. So
-    whitespace is single-quoted, every other special character backslash-escaped, % doubled."""
-    if any(c in arg for c in "\n\r\0"):
-        raise ValueError(f"argument {arg!r}: line breaks and NUL characters cannot be passed to worker processes")
-    if not arg:
-        return "''"
-    parts = []
-    for char in arg:
-        if _SAFE_CHAR.fullmatch(char):
-            parts.append(char)
-        elif char.isspace():
-            parts.append(f"'{char}'")
-        else:
-            parts.append("\\" + char)
-    return "".join(parts).replace("%", "%%")
-
-
-def _config_path(path: Path | str) -> str:
-    text = str(path)
-    if not re.fullmatch(r"[\w./-]+", text):
-        raise ValueError(f"path {text!r} cannot be written in a supervisord configuration")
-    return text
-
-
-#: Environment variable telling a supervised worker its number (0..N-1): with --admin_port P, process
-#: k listens on P + k.
-PROCESS_NUM_ENV = "MRQ_PROCESS_NUM"
-
-
-def render_config(command: Sequence[str], processes: int, directory: Path, *, burst: bool = False,
-                  stdout: str = "/dev/stdout") -> str:
-    """The supervisord configuration: control socket, own log and pid file in `directory`, and
-    one program of `processes` copies of `command`."""
-    if processes < 1:
-        raise ValueError("processes must be >= 1")
-    d = _config_path(directory)
-    # Burst workers exit 0 once the queues are empty: that is the end, not a crash.
-    autorestart = "unexpected" if burst else "true"
-    return f"""\
-; Generated by mrq-worker --processes; removed when it exits.
-[unix_http_server]
-file={d}/supervisor.sock
-chmod=0700
-
-[supervisord]
-nodaemon=true
-silent=true
-logfile={d}/supervisord.log
-logfile_maxbytes=1MB
-logfile_backups=1
-loglevel=warn
-pidfile={d}/supervisord.pid
-childlogdir={d}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface
-
-[program:{PROGRAM}]
-command={" ".join(config_quote(arg) for arg in command)}
-process_name=%(program_name)s_%(process_num)d
-numprocs={processes}
-environment={PROCESS_NUM_ENV}="%(process_num)d"
-autostart=true
-autorestart={autorestart}
-exitcodes=0
-startsecs={START_SECONDS}
-startretries={START_RETRIES}
-stopsignal=INT
-stopwaitsecs={GRACEFUL_STOP_SECONDS}
-killasgroup=true
-stdout_logfile={_config_path(stdout)}
-stdout_logfile_maxbytes=0
-stdout_logfile_backups=0
-redirect_stderr=true
-"""
 
 
 # --- the parent ------------------------------------------------------------------------------------
@@ -543,59 +391,3 @@ def _parent_death_signal(parent_pid: int) -> Callable[[], None] | None:
 
     return preexec
 
-
-# --- in a supervised worker ------------------------------------------------------------------------
-
-
-def is_subprocess() -> bool:
-    """Whether this process is a worker supervised by `mrq-worker --processes`."""
-    return os.environ.get(SUBPROCESS_ENV, "") not in ("", "0")
-
-
-def watch_for_orphaning(parent_pid: int, interval: float = 1.0) -> threading.Thread:
-    """In a supervised worker: SIGTERM this process (interrupt and requeue its jobs, exit) once
-    supervisord is gone or has lost the `mrq-worker --processes` parent, so that a SIGKILLed
-    parent does not leave workers finishing hours-long jobs that nobody can stop. A thread (a
-    greenlet under gevent) that looks every `interval` seconds."""
-    supervisord_pid = os.getppid()
-
-    def supervised() -> bool:
-        if os.getppid() != supervisord_pid:
-            return False
-        try:
-            return psutil.Process(supervisord_pid).ppid() == parent_pid
-        except psutil.Error:
-            return False
-
-    def watch() -> None:
-        while supervised():
-            time.sleep(interval)
-        log.warning("the mrq-worker --processes parent is gone: stopping this worker")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    thread = threading.Thread(target=watch, name="mrq-orphan-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_out_start_seconds(start_seconds: float = START_SECONDS) -> None:
-    """In a supervised worker exiting cleanly: live at least `start_seconds`, so that supervisord
-    restarts it at once instead of treating it as a failed start (and delaying the restart)."""
-    remaining = start_seconds + 0.1 - _process_age()
-    if remaining > 0:
-        time.sleep(remaining)
-
-
-_IMPORTED_AT = time.monotonic()
-
-
-def _process_age() -> float:
-    """Seconds since this process was forked (Linux: /proc and the boot clock, which, unlike
-    psutil's create_time, do not depend on the wall clock); else since this module's import."""
-    try:
-        with open("/proc/self/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, `starttime`, in clock ticks
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.monotonic() - _IMPORTED_AT
