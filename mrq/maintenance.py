@@ -44,11 +44,13 @@ class _Presence:
         return job_id.encode() in held or job_id in held
 
 
-def requeue_lost_jobs(store: Store, min_age: float = 60.0, *, extend: Any = None) -> dict[str, int]:
+def requeue_lost_jobs(store: Store, min_age: float = 60.0, *, extend: Any = None,
+                      op_timeout: float | None = None) -> dict[str, int]:
     """Jobs that MongoDB says are waiting (queued, retry, delayed) but that no Redis structure
     holds (e.g. Redis restarted without its data) are put back: queued ids on their queue, retries
     in their delayed set. Jobs queued less than `min_age` seconds ago are left alone (their
-    producer may be about to push them). `extend()` is called between batches (a lock to keep).
+    producer may be about to push them). `extend()` is called between batches (a lock to keep);
+    `op_timeout` bounds each MongoDB query (the pass raises rather than hang through an outage).
 
     An id that moves in Redis while the pass reads it may be pushed although present: a
     duplicate, which workers drop (its job has started or ended), never a loss."""
@@ -56,7 +58,7 @@ def requeue_lost_jobs(store: Store, min_age: float = 60.0, *, extend: Any = None
     presence = _Presence(store)
     counts = {"queued": 0, "delayed": 0}
     query = {"status": {"$in": sorted(WAITING_STATUSES)}, "datequeued": {"$lte": cutoff}}
-    for found in operations.pages(store, query, {"queue": 1, "status": 1, "dateretry": 1}):
+    for found in operations.pages(store, query, {"queue": 1, "status": 1, "dateretry": 1}, op_timeout=op_timeout):
         lost_queued: dict[str, list[str]] = defaultdict(list)
         lost_delayed: dict[str, dict[str, float]] = defaultdict(dict)
         for doc in found:

@@ -7,7 +7,7 @@ silently resume. Every worker checks every few seconds whether the Redis server 
 the one MongoDB was last reconciled with: the `<p>:epoch` key holds that server's identity (its
 `run_id`s; a restart or a failover changes them). When the key is missing or names another
 server, one worker (holding `<p>:reconciling`) runs a complete pass: waiting jobs put back
-(maintenance.requeue_lost_jobs), paused flags restored from MongoDB. The epoch is written only
+(maintenance.requeue_lost_jobs), paused flags restored from MongoDB (first). The epoch is written only
 after the pass completes; a pass that fails (MongoDB unreachable...) is simply tried again at
 the next check, by whichever worker gets there first.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pymongo
 import redis.exceptions
 
 from .connections import is_cluster
@@ -67,9 +68,13 @@ class Reconciler:
             "Redis runs another server than at the last reconciliation (a restart or a failover)"
         log.info("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
         try:
-            counts = requeue_lost_jobs(self.store, min_age=0,
+            # Each MongoDB query of the pass fails after a few seconds rather than waiting out an outage
+            # (the workers' patience): the pass is then tried again at the next check.
+            op_timeout = 2 * self.store.settings.mongodb_timeout
+            with pymongo.timeout(op_timeout):  # paused first: no job of a paused queue starts meanwhile
+                paused = restore_paused(self.store)
+            counts = requeue_lost_jobs(self.store, min_age=0, op_timeout=op_timeout,
                                        extend=lambda: client.expire(keys.reconcile_lock, LOCK_SECONDS))
-            paused = restore_paused(self.store)
             client.set(keys.epoch, identity)
         finally:
             if client.get(keys.reconcile_lock) == self.worker_id.encode():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -136,14 +135,6 @@ def test_poison_job_is_recovered_n_times_then_failed(store: Store, worker_factor
     wait_all(store, others)
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
 def test_redis_restart_without_data_loses_no_queued_job(mrq_settings: Settings, own_redis: RedisServer,
                                                         worker_factory: Any) -> None:
     settings = mrq_settings.replace(redis=own_redis.url)
@@ -178,14 +169,6 @@ def test_requeue_lost_jobs_task(mrq_settings: Settings, own_redis: RedisServer) 
         assert RequeueLostJobs().run({"min_age": 0}) == {"queued": 0, "delayed": 0}  # idempotent
     finally:
         current.reset()
-
-
-@pytest.fixture
-def own_mongo() -> Iterator[MongoTestServer]:
-    server = MongoTestServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.mark.testserver_only

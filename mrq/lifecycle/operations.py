@@ -18,6 +18,7 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import pymongo
 from bson import ObjectId
 from pymongo import ReturnDocument
 
@@ -48,14 +49,16 @@ log = logging.getLogger("mrq.lifecycle")
 BATCH = 1000
 
 
-def pages(store: Store, query: dict[str, Any], projection: dict[str, Any],
-          batch: int = BATCH) -> Iterator[list[dict[str, Any]]]:
+def pages(store: Store, query: dict[str, Any], projection: dict[str, Any], batch: int = BATCH,
+          op_timeout: float | None = None) -> Iterator[list[dict[str, Any]]]:
     """The jobs matching `query`, a batch at a time in `_id` order (keyset pagination: each batch
-    is one indexed query, whatever changes the previous batches made)."""
+    is one indexed query, whatever changes the previous batches made). `op_timeout`: seconds each
+    batch's query may take (server selection included) before it raises."""
     last: ObjectId | None = None
     while True:
         page_query = query if last is None else {"$and": [query, {"_id": {"$gt": last}}]}
-        found = list(store.jobs.find(page_query, projection).sort("_id", 1).limit(batch))
+        with pymongo.timeout(op_timeout):
+            found = list(store.jobs.find(page_query, projection).sort("_id", 1).limit(batch))
         if not found:
             return
         yield found

@@ -148,6 +148,24 @@ def _delete_prefix(redis_url: str, prefix: str) -> None:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for fault tests that kill, restart, empty or freeze it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_mongo() -> Iterator[MongoTestServer]:
+    """A Mongo test server of this test's own, for fault tests that freeze or restart it."""
+    server = MongoTestServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def connections(mrq_settings: Settings) -> Iterator[Connections]:
     conns = Connections(mrq_settings)
     yield conns

@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -63,9 +62,9 @@ class Watchdog:
         self._target: tuple[Any, Any] | None = None
         self._signalled_at = 0.0
         self._previous_trace: Any = None
-        main = threading.main_thread().ident
-        assert main is not None
-        self._main_ident: int = main
+        # The OS thread's id (threading's is a greenlet's under gevent's monkey-patching); built in
+        # the main thread, which is where jobs run and where the signal must go.
+        self._main_ident: int = _original("_thread", "get_ident")()
         self._stop = _original("_thread", "allocate_lock")()
         self._running = False
 
