@@ -155,7 +155,7 @@ def test_a_refused_retry_write_ends_the_job_failed_with_an_expiry(store: Store, 
     assert doc is not None
     assert doc["exceptiontype"] == "StatusWriteError" and "17419" in doc["traceback"]
     assert doc["dateexpires"] is not None
-    assert running_entries(store) == 0
+    wait_until(lambda: running_entries(store) == 0, 10, message="the id acknowledged")
     assert "MongoDB refused the write" in worker.output()
     job2 = queue_job("tests.tasks.general.Add", {"a": 1, "b": 2})  # the worker goes on
     wait_status(store, [job2], "success")
@@ -169,7 +169,7 @@ def test_a_refused_success_write_ends_the_job_failed_with_an_expiry(store: Store
     doc = store.jobs.find_one({"_id": job_id}, {"params": 0})
     assert doc is not None and doc["exceptiontype"] == "StatusWriteError" and doc["dateexpires"] is not None
     assert "result" not in doc
-    assert running_entries(store) == 0
+    wait_until(lambda: running_entries(store) == 0, 10, message="the id acknowledged")
 
 
 # --- 4. runaway tasks -----------------------------------------------------------------------------------
