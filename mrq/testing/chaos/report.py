@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .runner import RunResult
 
-PYTEST_REPLAY = "pytest tests/test_fault_schedules.py -k 'seed{seed}]'"
+PYTEST_REPLAY = "pytest 'tests/test_fault_schedules.py::test_fault_schedule[seed{seed}]'"
 
 
 def summary_line(result: RunResult) -> str:
