@@ -102,5 +102,10 @@ class Failing(Task):
 
 
 def raw_factory(raw):
-    """job_factory of the schedules' raw queue: the raw param is the job's only parameter."""
-    return {"path": "tests.tasks.chaos.Quick", "params": {"raw": str(raw)}}
+    """job_factory of the schedules' raw queue: the raw param is the job's only parameter. A param
+    ending in `~<seconds>` makes a Long job of that many seconds (a raw job a kill can catch)."""
+    raw = str(raw)
+    _, sep, seconds = raw.rpartition("~")
+    if sep:
+        return {"path": "tests.tasks.chaos.Long", "params": {"raw": raw, "seconds": float(seconds)}}
+    return {"path": "tests.tasks.chaos.Quick", "params": {"raw": raw}}

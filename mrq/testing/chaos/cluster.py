@@ -70,7 +70,6 @@ class WorkerSlot:
         self.clock = clock
         self.records: list[ProcessRecord] = []
         self.current: ProcessRecord | None = None
-        self.restarts = 0
         self.child_signals: dict[int, list[str]] = {}  # pid of a supervised child -> signals it got
         self._last_start = 0.0
 
@@ -145,12 +144,8 @@ class WorkerSlot:
         if time.monotonic() - self._last_start < RESTART_EVERY:
             return None
         code = self.current.process.proc.returncode if self.current and self.current.process.proc else None
-        self.restarts += 1
         self.start()
         return f"{self.name} exited (code {code}): restarted"
-
-    def processes(self) -> list[ProcessRecord]:
-        return list(self.records)
 
     def kill_all(self) -> None:
         for record in self.records:

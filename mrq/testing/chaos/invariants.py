@@ -59,7 +59,7 @@ class Evidence:
     workers: dict[str, tuple[str, int]] = field(default_factory=dict)  # worker id -> (slot, pid)
     signals: dict[int, list[str]] = field(default_factory=dict)  # pid -> signals it got, with times
     unexited: list[str] = field(default_factory=list)  # workers still running long after SIGTERM/SIGINT
-    max_recoveries: int = 3
+    samples: int = 0  # status samples taken (invariant d)
 
 
 @dataclass(frozen=True)
@@ -236,5 +236,6 @@ def check(ev: Evidence) -> Verdict:
         figures["workers not exited after SIGTERM/SIGINT"] += 1
         verdict.notes.append(f"worker did not exit: {text}")
     figures["jobs"] = len(ev.accepted) + len(ev.raw_accepted)
+    figures["status samples"] = ev.samples
     verdict.violations = sorted(found, key=lambda v: (v.invariant, v.what, v.subject))
     return verdict

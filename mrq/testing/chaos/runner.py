@@ -39,7 +39,7 @@ from ...backoff import Backoff
 from ...job import queue_jobs, queue_raw_jobs
 from ...store import Store, strings
 from ..workers import WorkerProcess
-from .cluster import DATABASE, LEASE, PREFIX, REDIS_TIMEOUT, ChaosCluster
+from .cluster import DATABASE, LEASE, REDIS_TIMEOUT, ChaosCluster
 from .invariants import FINAL, Evidence, Verdict, check
 from .schedule import JOB_KINDS, QUEUE, RAW_QUEUE, Batch, Fault, Schedule
 
@@ -152,7 +152,7 @@ class Producer:
     def _queue(self, batch: Batch) -> None:
         when = self.clock()
         ev = self.evidence
-        if batch.kind == "raw":
+        if batch.is_raw:
             try:
                 queue_raw_jobs(RAW_QUEUE, list(batch.raw), store=self.store)
             except Exception as exc:
@@ -216,9 +216,9 @@ class Run:
             store = Store(self.cluster.direct_settings)
             sampler = StatusSampler(self.cluster.mongo.uri, DATABASE, self.clock).start()
             batches = self.schedule.batches
-            producers = [Producer([b for b in batches if b.kind != "raw"], store, self.clock, self.evidence,
+            producers = [Producer([b for b in batches if not b.is_raw], store, self.clock, self.evidence,
                                   self.lock).start(),
-                         Producer([b for b in batches if b.kind == "raw"], store, self.clock, self.evidence,
+                         Producer([b for b in batches if b.is_raw], store, self.clock, self.evidence,
                                   self.lock).start()]
             self._timeline()
             self.cluster.heal_all()
@@ -313,6 +313,7 @@ class Run:
         ev = self.evidence
         ev.timelines = dict(sampler.timelines)
         ev.regressions = list(sampler.regressions)
+        ev.samples = sampler.samples
         fields = {"status": 1, "queue": 1, "raw_queue": 1, "params": 1, "recoveries": 1, "retry_count": 1,
                   "worker": 1, "exceptiontype": 1, "traceback_history.status": 1,
                   "traceback_history.exceptiontype": 1, "path": 1}
@@ -371,6 +372,3 @@ def run_schedule(schedule: Schedule, project_root: Path | str = ".", keep: bool 
     """Run one schedule on fresh servers and workers (started from `project_root`, where
     `tests.tasks.chaos` is importable) and check it."""
     return Run(schedule, Path(project_root).resolve(), keep, bound).execute()
-
-
-__all__ = ["PREFIX", "RECOVERY_BOUND", "RunResult", "run_schedule"]

@@ -108,6 +108,7 @@ class JobKind:
 JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("quick", f"{TASKS_MODULE}.Quick", "success", 55, (5, 15)),
     JobKind("raw", "", "success", 15, (5, 12)),
+    JobKind("raw_long", "", "success", 4, (1, 2)),  # raw params made into Long jobs by the factory
     JobKind("retrying", f"{TASKS_MODULE}.Retrying", "success", 8, (1, 3)),
     JobKind("long", f"{TASKS_MODULE}.Long", "success", 7, (1, 2)),
     JobKind("cpu", f"{TASKS_MODULE}.Cpu", "success", 7, (1, 1)),
@@ -129,8 +130,12 @@ class Batch:
     raw: tuple[str, ...] = ()  # raw params (unique in the schedule)
 
     @property
+    def is_raw(self) -> bool:
+        return self.kind.startswith("raw")
+
+    @property
     def size(self) -> int:
-        return len(self.raw) if self.kind == "raw" else len(self.params)
+        return len(self.raw) if self.is_raw else len(self.params)
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,9 @@ def _draw_batches(rng: random.Random, seed: int, jobs: int) -> list[Batch]:
         count = min(rng.randint(*JOB_KINDS[name].count), max(1, jobs - total))
         if name == "raw":
             drafts.append((name, [], [f"s{seed}-b{len(drafts)}-{i}" for i in range(count)]))
+        elif name == "raw_long":  # the factory reads the seconds after '~'
+            drafts.append((name, [], [f"s{seed}-b{len(drafts)}-{i}~{rng.uniform(2.0, 4.0):.2f}"
+                                      for i in range(count)]))
         else:
             drafts.append((name, [_job_params(rng, name) for _ in range(count)], []))
         total += count
