@@ -76,15 +76,18 @@ class CommandProcess:
     module = "mrq.cli.worker"
 
     def __init__(self, settings: Settings, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None) -> None:
+                 cwd: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None) -> None:
+        """`log_path`: where the output goes (default: a temporary file, removed by close())."""
         self.settings = settings
         self.args = list(args)
         self.env = command_env(settings, env)
         self.cwd = str(cwd or os.getcwd())
         self.proc: subprocess.Popen | None = None
-        handle, name = tempfile.mkstemp(prefix="mrq-cmd-", suffix=".log")
-        os.close(handle)
-        self.log_path = Path(name)
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix="mrq-cmd-", suffix=".log")
+            os.close(handle)
+            log_path = name
+        self.log_path = Path(log_path)
 
     @property
     def pid(self) -> int:
