@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
@@ -150,6 +151,7 @@ def queue_jobs(
                     + (f" ({len(queued)} jobs of earlier batches were queued)" if queued else "")
                 ) from None
             existing = {error["index"] for error in errors}  # these ids were queued before: skip them
+            _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
@@ -160,7 +162,21 @@ def queue_jobs(
     return queued
 
 
-def _push_ids(store: Store, queue: str, ids: list[ObjectId]) -> None:
+def _push_unpushed(store: Store, queue: str, ids: list[ObjectId]) -> None:
+    """Ids queued before by an attempt that may have failed between its insert and its push (and
+    its clean-up): those still `queued` well after that attempt are pushed again. If the first push
+    did happen, workers drop the second copy (the job will have started)."""
+    settled = utcnow() - timedelta(seconds=store.settings.redis_timeout + 1)
+    try:
+        waiting = [doc["_id"] for doc in store.jobs.find(
+            {"_id": {"$in": ids}, "status": QUEUED, "datequeued": {"$lt": settled}}, {"_id": 1})]
+    except pymongo.errors.PyMongoError as exc:
+        raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+    if waiting:
+        _push_ids(store, queue, waiting, just_inserted=False)
+
+
+def _push_ids(store: Store, queue: str, ids: list[ObjectId], *, just_inserted: bool = True) -> None:
     """Push ids on their queue and wake the idle workers. Retried for a few seconds; if Redis stays
     down the just-inserted documents are removed so that the error means "not queued"."""
     deadline = time.monotonic() + store.settings.redis_timeout
@@ -174,6 +190,8 @@ def _push_ids(store: Store, queue: str, ids: list[ObjectId]) -> None:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
+            if not just_inserted:
+                raise _unavailable("Redis", store.settings.redis, exc) from None
             try:
                 store.jobs.delete_many({"_id": {"$in": ids}, "status": QUEUED})
             except pymongo.errors.PyMongoError:

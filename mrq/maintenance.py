@@ -94,22 +94,24 @@ def requeue_retry_jobs(store: Store) -> int:
                                        reset_retry_count=False)
 
 
-def requeue_started_jobs(store: Store, timeout: float = 300.0) -> int:
+def requeue_started_jobs(store: Store, timeout: float | None = 300.0, *, op_timeout: float | None = None) -> int:
     """Queue again the `started` jobs whose worker is not alive (no lease) and that have been
-    running longer than their task's timeout plus `timeout` seconds (a job that keeps killing its
-    workers ends as a poison job, as with recovery)."""
+    running longer than their task's timeout plus `timeout` seconds (None: however long). A job
+    that keeps killing its workers ends as a poison job, as with recovery."""
     now = utcnow()
     alive = Leases(store.redis, store.keys).alive()
     total = 0
-    for found in operations.pages(store, {"status": STARTED}, {"worker": 1, "datestarted": 1, "path": 1,
-                                                               "queue": 1, "status": 1, "recoveries": 1}):
+    projection = {"worker": 1, "datestarted": 1, "path": 1, "queue": 1, "status": 1, "recoveries": 1}
+    for found in operations.pages(store, {"status": STARTED}, projection, op_timeout=op_timeout):
         stale = []
         for doc in found:
             if str(doc.get("worker")) in alive:
                 continue
-            limit = store.task_settings(doc.get("path") or "").timeout + timeout
-            if (now - (doc.get("datestarted") or now)).total_seconds() > limit:
-                stale.append(doc)
+            if timeout is not None:
+                limit = store.task_settings(doc.get("path") or "").timeout + timeout
+                if (now - (doc.get("datestarted") or now)).total_seconds() <= limit:
+                    continue
+            stale.append(doc)
         total += operations.recover_stale(store, stale, store.settings.max_recoveries)
     return total
 

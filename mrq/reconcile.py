@@ -15,13 +15,14 @@ the next check, by whichever worker gets there first.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pymongo
 import redis.exceptions
 
 from .connections import is_cluster
-from .maintenance import requeue_lost_jobs
+from .maintenance import requeue_lost_jobs, requeue_started_jobs
 from .queue import restore_paused
 from .store import Store, strings
 
@@ -49,15 +50,27 @@ def server_identity(client: Any) -> str:
 
 
 class Reconciler:
+    """Two phases, one worker at a time (the lock), the epoch written only after both:
+
+    1. paused flags, then the waiting jobs that no Redis structure holds;
+    2. `worker_lease` + 1 s later (every live worker has re-registered its lease by then, and put
+       its running ids back): the `started` jobs whose worker has no lease. Their worker died in
+       the window where Redis lost the lease that recovery would have found.
+    """
+
     def __init__(self, store: Store, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
         self.passes = 0
+        self._phase_two_at: float | None = None
+        self._identity = ""
 
     def check(self) -> bool:
         """Reconcile if Redis is not the server MongoDB was last reconciled with. True when this
-        call ran a complete pass. Raises what the pass raised (the next check tries again)."""
+        call completed a reconciliation. Raises what a phase raised (the next check tries again)."""
         keys, client = self.store.keys, self.store.redis
+        if self._phase_two_at is not None:
+            return self._phase_two()
         identity = server_identity(client)
         recorded = client.get(keys.epoch)
         if recorded is not None and strings([recorded])[0] == identity:
@@ -68,19 +81,43 @@ class Reconciler:
             "Redis runs another server than at the last reconciliation (a restart or a failover)"
         log.info("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
         try:
-            # Each MongoDB query of the pass fails after a few seconds rather than waiting out an outage
-            # (the workers' patience): the pass is then tried again at the next check.
+            # Each MongoDB query gives up after a few seconds rather than waiting out an outage (the
+            # workers' patience): the phase is then tried again at the next check.
             op_timeout = 2 * self.store.settings.mongodb_timeout
             with pymongo.timeout(op_timeout):  # paused first: no job of a paused queue starts meanwhile
                 paused = restore_paused(self.store)
-            counts = requeue_lost_jobs(self.store, min_age=0, op_timeout=op_timeout,
-                                       extend=lambda: client.expire(keys.reconcile_lock, LOCK_SECONDS))
-            client.set(keys.epoch, identity)
-        finally:
-            if client.get(keys.reconcile_lock) == self.worker_id.encode():
-                client.delete(keys.reconcile_lock)
-        self.passes += 1
+            counts = requeue_lost_jobs(self.store, min_age=0, op_timeout=op_timeout, extend=self._extend)
+        except BaseException:
+            self._release()
+            raise
         if counts["queued"] or counts["delayed"] or paused:
             log.warning("reconciled Redis with MongoDB: %d queued and %d delayed jobs put back, %d paused queues "
                         "(%s)", counts["queued"], counts["delayed"], len(paused), why)
+        self._identity = identity
+        grace = self.store.settings.worker_lease + 1.0
+        self._phase_two_at = time.monotonic() + grace
+        client.expire(keys.reconcile_lock, int(grace) + LOCK_SECONDS)
+        return False
+
+    def _phase_two(self) -> bool:
+        assert self._phase_two_at is not None
+        if time.monotonic() < self._phase_two_at:
+            self._extend()
+            return False
+        orphans = requeue_started_jobs(self.store, timeout=None, op_timeout=2 * self.store.settings.mongodb_timeout)
+        if orphans:
+            log.warning("reconciled Redis with MongoDB: %d started jobs of workers that died while Redis lost "
+                        "their leases were queued again (they may have run partly)", orphans)
+        self.store.redis.set(self.store.keys.epoch, self._identity)
+        self._phase_two_at = None
+        self._release()
+        self.passes += 1
         return True
+
+    def _extend(self) -> None:
+        self.store.redis.expire(self.store.keys.reconcile_lock, LOCK_SECONDS)
+
+    def _release(self) -> None:
+        client = self.store.redis
+        if client.get(self.store.keys.reconcile_lock) == self.worker_id.encode():
+            client.delete(self.store.keys.reconcile_lock)

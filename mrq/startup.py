@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pymongo.errors
 import redis
 
+from .backoff import STORE_ERRORS
 from .storage.mongo import missing_indexes
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mrq.worker")
 
 MAX_CLOCK_SKEW = 1.0
+#: A check failing with one of these is skipped (the store did not answer it).
+CHECK_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, redis.exceptions.RedisError,
+                                                 pymongo.errors.PyMongoError)
 
 
 def eviction_warning(client: redis.Redis) -> str | None:
@@ -61,16 +66,32 @@ def clock_skew(client: redis.Redis, clock: Callable[[], float] = time.time) -> f
 
 
 def run_startup_checks(store: Store, ensure: bool) -> None:
+    """Advisory checks: each logs a warning when something is off; a store that does not answer
+    one (a timeout, a managed Redis without CONFIG) skips it, never stops the worker."""
+    for check in (_check_eviction, _check_clock, (lambda s: None) if ensure else _check_indexes):
+        try:
+            check(store)
+        except CHECK_ERRORS as exc:
+            log.warning("start-up check skipped (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:200]
+                        if str(exc) else "")
+
+
+def _check_eviction(store: Store) -> None:
     warning = eviction_warning(store.redis)
     if warning:
         log.warning("%s", warning)
+
+
+def _check_clock(store: Store) -> None:
     skew = clock_skew(store.redis)
     if abs(skew) > MAX_CLOCK_SKEW:
         log.warning("this machine's clock and the Redis server's differ by %.1fs: job dates and lease "
                     "deadlines will disagree (use NTP)", skew)
-    if not ensure:
-        missing = missing_indexes(store.connections.mongodb_jobs, store.connections.mongodb_logs)
-        if missing:
-            log.warning("MongoDB lacks %d indexes mrq needs (%s%s): lists and maintenance will scan collections. "
-                        "Start a worker with --ensure_indexes, or run mrq.basetasks.indexes.EnsureIndexes",
-                        len(missing), ", ".join(missing[:4]), "..." if len(missing) > 4 else "")
+
+
+def _check_indexes(store: Store) -> None:
+    missing = missing_indexes(store.connections.mongodb_jobs, store.connections.mongodb_logs)
+    if missing:
+        log.warning("MongoDB lacks %d indexes mrq needs (%s%s): lists and maintenance will scan collections. "
+                    "Start a worker with --ensure_indexes, or run mrq.basetasks.indexes.EnsureIndexes",
+                    len(missing), ", ".join(missing[:4]), "..." if len(missing) > 4 else "")

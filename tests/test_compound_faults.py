@@ -365,3 +365,36 @@ def test_a_lease_deleted_by_hand_is_taken_again_and_nothing_runs_twice(store: St
     wait_status(store, ids, "success", timeout=30)
     assert sum(executions(store).values()) == 3
     assert running_entries(store) == 0
+
+
+def test_a_worker_dead_before_redis_lost_its_lease_has_its_jobs_recovered(
+        own_stores: Settings, own_redis: RedisServer, worker_factory: Any) -> None:
+    """kill -9, then Redis loses everything (the lease and the running set with it) before any
+    worker saw the lease expire: reconciliation finds the `started` job of a worker with no lease."""
+    store = current.get_current_store()
+    job_id = queue_job(RECORD, {"seconds": 30})
+    env = {**FAST, "MRQ_WORKER_LEASE": "4"}
+    victim = worker_factory("--greenlets", "1", settings=own_stores, env=env)
+    wait_until(lambda: executions(store).get(job_id) == 1, 20, message="job running")
+    victim.kill()
+    store.redis.flushall()  # within the lease: nobody recovered it yet
+    store.jobs.update_one({"_id": job_id}, {"$set": {"params.seconds": 0}})
+    worker_factory("--greenlets", "1", settings=own_stores, env=env)
+    wait_status(store, [job_id], "success", timeout=40)
+    assert Job(job_id).fetch().data["recoveries"] == 1  # type: ignore[index]
+    assert executions(store)[job_id] == 2
+
+
+def test_queueing_an_id_again_pushes_a_job_an_earlier_attempt_left_unpushed(store: Store) -> None:
+    """An earlier attempt inserted the document and died before its push (and its clean-up): the
+    idempotent retry (same id, as the scheduler does) pushes it."""
+    from datetime import timedelta
+
+    from mrq.clock import utcnow
+
+    job_id = ObjectId()
+    assert queue_jobs(RECORD, [{}], ids=[job_id]) == [job_id]
+    store.redis.delete(store.keys.queue_ids("default"))  # as if that push never happened
+    store.jobs.update_one({"_id": job_id}, {"$set": {"datequeued": utcnow() - timedelta(minutes=1)}})
+    assert queue_jobs(RECORD, [{}], ids=[job_id]) == []  # not queued twice...
+    assert RegularQueue("default", store).list_job_ids() == [str(job_id)]  # ...but pushed

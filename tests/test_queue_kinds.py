@@ -244,3 +244,17 @@ def test_mrq_style_max_concurrency_class_attribute(store: Store, worker_factory:
     wait_until(lambda: store.jobs.count_documents({"_id": {"$in": ids}, "status": "success"}) == 4, 30,
                message="4 limited jobs done")
     assert store.connections.mongodb_jobs.concurrency.find_one({"_id": "counter"})["peak"] == 1
+
+
+def test_a_raw_job_whose_worker_is_killed_is_recovered(raw_store: Store, worker_factory: Any) -> None:
+    """An inserted raw job is held in its retry queue's running set: recovered like a regular job."""
+    queue_raw_jobs("q_raw", [json.dumps({"value": "slow", "seconds": 3})])
+    env = {**raw_env(**RAW), "MRQ_WORKER_LEASE": "2"}
+    victim = worker_factory("--greenlets", "1", "q_raw", env=env)
+    wait_until(lambda: len(runs(raw_store)) == 1, 15, message="the raw job running")
+    victim.kill()
+    worker_factory("--greenlets", "1", "q_raw", "default", env=env)  # default: q_raw's retry queue
+    wait_until(lambda: raw_store.jobs.count_documents({"status": "success"}) == 1, 30, message="recovered, done")
+    doc = raw_store.jobs.find_one({})
+    assert doc is not None and doc["recoveries"] == 1 and doc["raw_queue"] == "q_raw"
+    assert runs(raw_store) == ["slow", "slow"]  # ran twice: the crash explains it, and it is counted

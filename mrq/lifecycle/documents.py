@@ -9,7 +9,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from .statuses import ABORT, CANCEL, FAILED, QUEUED, SUCCESS
+from .statuses import ABORT, CANCEL, FAILED, QUEUED, STARTED, SUCCESS
 
 #: `traceback_history` keeps the newest entries only.
 HISTORY_LIMIT = 50
@@ -32,6 +32,25 @@ def new_job(job_id: ObjectId, path: str, params: dict[str, Any], queue: str, now
     """The document `queue_jobs` inserts."""
     return {"_id": job_id, "path": path, "params": params, "queue": queue, "status": QUEUED,
             "datequeued": now, "dateupdated": now, "retry_count": 0}
+
+
+def raw_started(job_id: ObjectId, path: str, params: dict[str, Any], queue: str, raw_queue: str, worker: Any,
+                now: datetime) -> dict[str, Any]:
+    """The document of a job a worker made from a raw queue's param and starts at once; `queue` is
+    the raw queue's retry queue."""
+    return {"_id": job_id, "path": path, "params": params, "queue": queue, "raw_queue": raw_queue,
+            "status": STARTED, "datequeued": now, "datestarted": now, "dateupdated": now, "worker": worker,
+            "retry_count": 0}
+
+
+def factory_failure(job_id: ObjectId, queue: str, raw_queue: Any, param: str, exc: BaseException, text: str,
+                    worker: Any, now: datetime, ttl: float) -> dict[str, Any]:
+    """A raw param whose `job_factory` raised: a `failed` job that says so."""
+    return {"_id": job_id, "path": f"{raw_queue.root}.job_factory", "params": {"raw": param[:100_000]},
+            "queue": queue, "raw_queue": raw_queue.name, "status": FAILED, "exceptiontype": type(exc).__name__,
+            "traceback": text, "datequeued": now, "datestarted": now, "dateupdated": now, "datefinished": now,
+            "dateexpires": now + timedelta(seconds=ttl), "worker": worker, "retry_count": 0,
+            "traceback_history": [history_entry(FAILED, type(exc).__name__, text, worker, now)]}
 
 
 def final_fields(status: str, ttl: float, now: datetime, started: datetime | None) -> dict[str, Any]:

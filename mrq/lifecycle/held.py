@@ -29,6 +29,7 @@ from pymongo.errors import BulkWriteError
 
 from ..clock import unix_time_of, utcnow
 from ..queue import RegularQueue
+from ..storage.leases import Leases
 from . import documents as docs
 from .policy import Refused, write
 from .statuses import QUEUED, RETRY, STARTABLE_STATUSES, STARTED
@@ -43,7 +44,8 @@ class HeldJob(Protocol):
     """What the lifecycle needs to know of a job a worker holds."""
 
     id: ObjectId
-    source_queue: str
+    source_queue: str  # the queue it was taken from (a raw queue's name for a raw job)
+    running_queue: str | None  # the queue whose running set holds its id (None: none does)
     raw: bool
     inserted: bool
     data: dict[str, Any] | None
@@ -83,6 +85,7 @@ class HeldJobs:
         self.worker_id = worker_id
         self.oid = worker_oid
         self.forget = forget
+        self._registered: set[str] = set()  # queues added to this worker's queue list by hold()
 
     def guard(self, job_id: ObjectId) -> dict[str, Any]:
         return {"_id": job_id, "status": STARTED, "worker": self.oid}
@@ -162,6 +165,17 @@ class HeldJobs:
         if by_queue:
             write(ack, "Redis acknowledgement")
 
+    def hold(self, queue: str, ids: list[str]) -> None:
+        """Put ids in this worker's running set of `queue` (raw jobs, before their documents are
+        inserted: from then on recovery finds them), registering the queue first."""
+        def hold() -> None:
+            if queue not in self._registered:
+                Leases(self.store.redis, self.store.keys).add_queues(self.worker_id, [queue])
+                self._registered.add(queue)
+            RegularQueue(queue, self.store).hold(self.worker_id, ids)
+
+        write(hold, "Redis running set")
+
     def give_back(self, queue: str, moves: Sequence[tuple[str, str, float]]) -> None:
         write(lambda: RegularQueue(queue, self.store).give_back(self.worker_id, moves), "Redis give back",
               maximum=1.0)
@@ -174,13 +188,13 @@ class HeldJobs:
         if history is not None:
             docs.push_history(update, history)
         base = self._upsert_base(job, update)
-        return FinalWrite(job.id, job.key_id, None if job.raw else job.source_queue, self.guard(job.id), update,
+        return FinalWrite(job.id, job.key_id, job.running_queue, self.guard(job.id), update,
                           upsert=not job.inserted, base=base, ttl=job.settings.default_ttl)
 
     def remove(self, job: HeldJob) -> FinalWrite:
         """A status that is not stored (raw queues' `statuses_no_storage`) for a job whose start
         was: the document goes."""
-        return FinalWrite(job.id, job.key_id, None if job.raw else job.source_queue, self.guard(job.id), None)
+        return FinalWrite(job.id, job.key_id, job.running_queue, self.guard(job.id), None)
 
     def write_finals(self, batch: Sequence[FinalWrite]) -> dict[str, tuple[str, float]]:
         """One `bulk_write` for the batch, through outages; a write MongoDB refuses stores the
@@ -290,7 +304,7 @@ class HeldJobs:
             return
         self.forget(job)  # from here on, this id may be taken again, by this worker too
         due = time.time() + delay
-        if queue == job.source_queue and not job.raw:
+        if queue == job.running_queue:
             self.give_back(queue, [(job.key_id, "d" if delay > 0 else "q", due)])
             return
         target = RegularQueue(queue, self.store)
@@ -306,20 +320,20 @@ class HeldJobs:
         """The worker is stopping: the job goes back to the front of its queue at once, with one
         write (`queued`, its `interrupt` entry and where it was in `traceback_history`)."""
         now = utcnow()
-        target = (job.data.get("queue") if job.raw and job.data else None) or job.source_queue
+        target = job.running_queue or (job.data or {}).get("queue") or job.source_queue
         update: dict[str, Any] = {"$set": {**fields, **docs.requeued_fields(now, target)},
                                   "$unset": docs.REQUEUED_UNSET}
         if history is not None:
             docs.push_history(update, history)
         applied = self._apply(job, update, "MongoDB interrupt write", maximum=1.0)
         self.forget(job)
-        if job.raw:
-            if applied:
-                write(lambda: RegularQueue(target, self.store).push([job.key_id], front=True), "Redis requeue",
-                      maximum=1.0)
+        if not applied:
             return
-        if applied:
-            self.give_back(job.source_queue, [(job.key_id, "q", 0.0)])
+        if job.running_queue is not None:
+            self.give_back(job.running_queue, [(job.key_id, "q", 0.0)])
+        else:  # a raw job whose start was not stored: no running set holds it
+            write(lambda: RegularQueue(target, self.store).push([job.key_id], front=True), "Redis requeue",
+                  maximum=1.0)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -349,16 +363,16 @@ class HeldJobs:
             applied = False
         if not applied:
             self.forget(job)
-            moves = {} if job.raw else self._waiting_again([job.id])
-            if moves:
-                self.give_back(job.source_queue, [(job.key_id, *moves[job.key_id])])
+            moves = {} if job.running_queue is None else self._waiting_again([job.id])
+            if moves and job.running_queue is not None:
+                self.give_back(job.running_queue, [(job.key_id, *moves[job.key_id])])
             else:
                 self._ack_one(job)
         return applied
 
     def _ack_one(self, job: HeldJob) -> None:
-        if not job.raw:
-            self.drop({job.source_queue: [job.key_id]}, not_started=False)
+        if job.running_queue is not None:
+            self.drop({job.running_queue: [job.key_id]}, not_started=False)
 
     def _upsert_base(self, job: HeldJob, update: dict[str, Any]) -> dict[str, Any]:
         """A raw job whose document was never inserted: the write creates it (`$setOnInsert`)."""

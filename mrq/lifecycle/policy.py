@@ -25,6 +25,8 @@ log = logging.getLogger("mrq.lifecycle")
 
 #: MongoDB error codes that mean "this client may not do that (yet)": waited for like an outage.
 WAIT_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
+#: Error labels the driver or the server put on errors that go away by themselves.
+WAIT_LABELS = ("RetryableWriteError", "RetryableError", "SystemOverloadedError", "TransientTransactionError")
 
 
 class Refused(Exception):
@@ -32,7 +34,13 @@ class Refused(Exception):
 
 
 def waits_for(exc: BaseException) -> bool:
-    return isinstance(exc, pymongo.errors.OperationFailure) and exc.code in WAIT_CODES
+    if not isinstance(exc, pymongo.errors.OperationFailure):
+        return False
+    if exc.code in WAIT_CODES or any(exc.has_error_label(label) for label in WAIT_LABELS):
+        return True
+    # pymongo 4.20 retries a write refused a connection (its "overload" retry) with a transaction
+    # number, which a standalone server refuses: an artefact of the outage, gone with it.
+    return exc.code == 20 and "Transaction numbers" in str(exc)
 
 
 def is_refusal(exc: BaseException) -> bool:

@@ -446,8 +446,8 @@ class Worker:
         self.register()
         by_queue: dict[str, list[str]] = {}
         for job in list(self.running.values()):
-            if not job.raw:
-                by_queue.setdefault(job.source_queue, []).append(job.key_id)
+            if job.running_queue is not None:
+                by_queue.setdefault(job.running_queue, []).append(job.key_id)
         for name, ids in by_queue.items():
             RegularQueue(name, self.store).hold(self.id, ids)
 

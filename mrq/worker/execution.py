@@ -60,6 +60,7 @@ class RunningJob(Job):
         super().__init__(doc["_id"], store)
         self.data = doc
         self.source_queue = queue
+        self.running_queue: str | None = queue  # whose running set holds the id (raw jobs: their retry queue)
         self.settings: TaskSettings = store.task_settings(doc.get("path") or "")
         self.greenlets: set[Greenlet] = set()
         self.started_monotonic = time.monotonic()

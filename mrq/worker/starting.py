@@ -17,15 +17,15 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import pymongo.errors
 from bson import ObjectId
 
 from ..backoff import retry_through_outage
 from ..clock import utcnow
 from ..exceptions import TaskNotFound
-from ..lifecycle import HeldJobs, statuses
+from ..lifecycle import HeldJobs, documents, statuses
 from ..queue import Queue, RawQueue
 from ..task import load_task
 from .execution import RunningJob, format_exception
@@ -200,10 +200,7 @@ class JobStarter:
         started: list[RunningJob] = []
         failed_docs: list[dict[str, Any]] = []
         for param in params:
-            doc: dict[str, Any] = {
-                "_id": ObjectId(), "queue": config.retry_queue, "raw_queue": queue.name, "status": statuses.STARTED,
-                "datequeued": now, "datestarted": now, "dateupdated": now, "worker": self.oid, "retry_count": 0,
-            }
+            job_id = ObjectId()
             try:
                 spec = config.job_factory(param)
                 if not isinstance(spec, Mapping) or not isinstance(spec.get("path"), str) \
@@ -211,32 +208,49 @@ class JobStarter:
                     raise TypeError(f"job_factory must return {{'path': str, 'params': dict}}, got {spec!r}")
             except Exception as exc:
                 if "failed" not in config.statuses_no_storage:
-                    failed_docs.append(self._factory_failure(doc, queue, param, exc))
+                    text = f"job_factory of raw queue {queue.name} failed for raw param {str(param)[:1000]!r}:\n" + \
+                        format_exception(sys.exc_info())
+                    failed_docs.append(documents.factory_failure(
+                        job_id, config.retry_queue, queue, str(param), exc, text, self.oid, now,
+                        self.store.settings.default_job_ttl))
                 log.error("raw queue %s: job_factory failed for %r: %s", queue.name, str(param)[:200], exc)
                 continue
-            doc["path"] = spec["path"]
-            doc["params"] = dict(spec.get("params") or {})
+            doc = documents.raw_started(job_id, spec["path"], dict(spec.get("params") or {}), config.retry_queue,
+                                        queue.name, self.oid, now)
             job = RunningJob(doc, queue.name, self.store)
             job.raw = True
             job.no_storage = config.statuses_no_storage
             job.inserted = "started" not in config.statuses_no_storage
+            # An inserted raw job is held like a regular one (in its retry queue's running set), so
+            # that recovery takes it back if this worker dies; one whose start is not stored is not.
+            job.running_queue = config.retry_queue if job.inserted else None
             job.max_concurrency = 0  # not applied to raw queues (documented)
             started.append(job)
-        to_insert = [job.data for job in started if job.inserted and job.data is not None] + failed_docs
+        inserted = [job for job in started if job.inserted]
+        if inserted:
+            self.held.hold(config.retry_queue, [job.key_id for job in inserted])
+        to_insert = [job.data for job in inserted if job.data is not None] + failed_docs
         if to_insert:
-            retry_through_outage(lambda: self.store.jobs.insert_many(to_insert, ordered=False),
-                                 "MongoDB raw job insert", log)
+            refused = self._insert(to_insert)
+            if refused:
+                started = [job for job in started if job.id not in refused]
+                self.held.drop({config.retry_queue: [str(i) for i in refused]}, not_started=False)
         return started
 
-    def _factory_failure(self, doc: dict[str, Any], queue: RawQueue, param: Any, exc: Exception) -> dict[str, Any]:
-        now = utcnow()
-        text = f"job_factory of raw queue {queue.name} failed for raw param {str(param)[:1000]!r}:\n" + \
-            format_exception(sys.exc_info())
-        doc.update({
-            "path": f"{queue.root}.job_factory", "params": {"raw": str(param)[:100_000]}, "status": statuses.FAILED,
-            "exceptiontype": type(exc).__name__, "traceback": text, "datefinished": now,
-            "dateexpires": now + timedelta(seconds=self.store.settings.default_job_ttl),
-            "traceback_history": [{"date": now, "status": statuses.FAILED, "exceptiontype": type(exc).__name__,
-                                   "traceback": text, "worker": self.oid}],
-        })
-        return doc
+    def _insert(self, docs: list[dict[str, Any]]) -> set[ObjectId]:
+        """Insert raw jobs' documents; the ids MongoDB refused (logged: those params are lost)."""
+        refused: set[ObjectId] = set()
+
+        def insert() -> None:
+            try:
+                self.store.jobs.insert_many(docs, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                for error in exc.details.get("writeErrors", []):
+                    if error.get("code") != 11000:  # 11000: an earlier attempt stored it
+                        doc = docs[error["index"]]
+                        refused.add(doc["_id"])
+                        log.error("raw job %s (%s): MongoDB refused its document (%s): not run", doc["_id"],
+                                  doc.get("path"), error.get("errmsg"))
+
+        retry_through_outage(insert, "MongoDB raw job insert", log)
+        return refused
