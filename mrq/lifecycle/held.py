@@ -176,8 +176,10 @@ class HeldJobs:
 
         write(hold, "Redis running set")
 
-    def give_back(self, queue: str, moves: Sequence[tuple[str, str, float]]) -> None:
-        write(lambda: RegularQueue(queue, self.store).give_back(self.worker_id, moves), "Redis give back",
+    def give_back(self, queue: str, moves: Sequence[tuple[str, str, float]], *, own: bool = True) -> None:
+        """Move ids out of this worker's running set (see RegularQueue.give_back). `own`: their
+        documents say this worker just put them back: the move happens even if Redis lost the entry."""
+        write(lambda: RegularQueue(queue, self.store).give_back(self.worker_id, moves, own=own), "Redis give back",
               maximum=1.0)
 
     # --- finish (batched by the worker's writer) ------------------------------------------------------
@@ -259,7 +261,7 @@ class HeldJobs:
                 by_queue[one.queue].append(one.key_id)
         self.drop(by_queue, not_started=False)
         for queue, queue_moves in back.items():
-            self.give_back(queue, queue_moves)
+            self.give_back(queue, queue_moves, own=False)
 
     def store_refusal(self, one: FinalWrite, reason: str) -> None:
         """MongoDB refused a job's status write: store `failed` with the reason (smaller and
@@ -365,7 +367,7 @@ class HeldJobs:
             self.forget(job)
             moves = {} if job.running_queue is None else self._waiting_again([job.id])
             if moves and job.running_queue is not None:
-                self.give_back(job.running_queue, [(job.key_id, *moves[job.key_id])])
+                self.give_back(job.running_queue, [(job.key_id, *moves[job.key_id])], own=False)
             else:
                 self._ack_one(job)
         return applied

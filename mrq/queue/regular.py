@@ -98,17 +98,19 @@ class RegularQueue(Queue):
         if ids:
             self.store.redis.sadd(self.store.keys.queue_running(self.name, worker_id), *ids)
 
-    def give_back(self, worker_id: str, moves: Sequence[tuple[str, str, float]]) -> int:
+    def give_back(self, worker_id: str, moves: Sequence[tuple[str, str, float]], *, own: bool = False) -> int:
         """Atomically move ids from a worker's running set: action "q" to the front of the queue,
         "d" to the delayed set at the given unix time, "x" nowhere. Only ids still in the set
         move, so giving back twice (two workers recovering one dead worker) never duplicates an
-        id. Wakes the workers; returns how many ids went back."""
+        id; with `own` (a worker moving its own jobs, whose documents it has just changed) they
+        move even if the set lost them (Redis lost data). Wakes the workers; returns how many ids
+        went back."""
         if not moves:
             return 0
         keys = self.store.keys
         args: list[Any] = []
         for job_id, action, score in moves:
-            args.extend([job_id, action, repr(score)])
+            args.extend([job_id, action.upper() if own else action, repr(score)])
         moved = int(self.store.scripts.requeue_running(
             keys=[keys.queue_ids(self.name), keys.queue_running(self.name, worker_id), keys.queue_delayed(self.name)],
             args=args,
