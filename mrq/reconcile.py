@@ -28,8 +28,9 @@ from .store import Store, strings
 
 log = logging.getLogger("mrq.reconcile")
 
-#: Seconds the reconciliation lock lasts without being extended (a pass extends it per batch).
-LOCK_SECONDS = 60
+#: Seconds the reconciliation lock lasts without being extended (a pass extends it per batch): how
+#: long others wait when its holder died.
+LOCK_SECONDS = 15
 
 
 def server_identity(client: Any) -> str:
@@ -75,7 +76,7 @@ class Reconciler:
         recorded = client.get(keys.epoch)
         if recorded is not None and strings([recorded])[0] == identity:
             return False
-        if not client.set(keys.reconcile_lock, self.worker_id, nx=True, ex=LOCK_SECONDS):
+        if not self._acquire():
             return False  # another worker is on it
         why = "Redis has no epoch key (a new or emptied Redis)" if recorded is None else \
             "Redis runs another server than at the last reconciliation (a restart or a failover)"
@@ -114,10 +115,25 @@ class Reconciler:
         self.passes += 1
         return True
 
+    def _acquire(self) -> bool:
+        """Take the lock, or keep it: a pass that failed after its release failed too (Redis
+        unreachable) is tried again by the same worker, not after the lock expires."""
+        client, key = self.store.redis, self.store.keys.reconcile_lock
+        if client.set(key, self.worker_id, nx=True, ex=LOCK_SECONDS):
+            return True
+        if client.get(key) == self.worker_id.encode():
+            client.expire(key, LOCK_SECONDS)
+            return True
+        return False
+
     def _extend(self) -> None:
         self.store.redis.expire(self.store.keys.reconcile_lock, LOCK_SECONDS)
 
     def _release(self) -> None:
+        """Best effort: a lock left behind expires, and its holder takes it again first."""
         client = self.store.redis
-        if client.get(self.store.keys.reconcile_lock) == self.worker_id.encode():
-            client.delete(self.store.keys.reconcile_lock)
+        try:
+            if client.get(self.store.keys.reconcile_lock) == self.worker_id.encode():
+                client.delete(self.store.keys.reconcile_lock)
+        except Exception as exc:
+            log.debug("releasing the reconciliation lock failed: %s", exc)
