@@ -102,8 +102,13 @@ class Reconciler:
 
     def _phase_two(self) -> bool:
         assert self._phase_two_at is not None
+        if not self._still_held():
+            # Our lock is gone: Redis lost data again (or restarted) during the wait. Leases may be
+            # missing again: start over, from the first phase.
+            log.info("Redis lost data again while reconciling: starting over")
+            self._phase_two_at = None
+            return False
         if time.monotonic() < self._phase_two_at:
-            self._extend()
             return False
         orphans = requeue_started_jobs(self.store, timeout=None, op_timeout=2 * self.store.settings.mongodb_timeout)
         if orphans:
@@ -125,6 +130,15 @@ class Reconciler:
             client.expire(key, LOCK_SECONDS)
             return True
         return False
+
+    def _still_held(self) -> bool:
+        """The lock is still ours, on the same server (and extended): the canary of a data loss."""
+        client = self.store.redis
+        if server_identity(client) != self._identity or client.get(self.store.keys.reconcile_lock) != \
+                self.worker_id.encode():
+            return False
+        self._extend()
+        return True
 
     def _extend(self) -> None:
         self.store.redis.expire(self.store.keys.reconcile_lock, LOCK_SECONDS)

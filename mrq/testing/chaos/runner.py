@@ -9,9 +9,9 @@ Guarantees:
   run then waits, polling the stores every 0.2 s, until every accepted job is final and the raw
   queue is empty, or for at most RECOVERY_BOUND seconds. The bound comes from
   docs/guarantees.md with this suite's settings: the lease (2 s) + its check interval (lease/3)
-  + the longest outage backoff step (5 s) + the reconciliation grace after a Redis data loss
-  (redis_timeout + 1 = 3 s) + the longest job (4 s) + a 5 s margin for the queue to drain on two
-  cores: 20 s.
+  + the longest outage backoff step (5 s) + the wait of reconciliation's second phase after a
+  Redis data loss (lease + 1 = 3 s) + the longest job (4 s) + a 5 s margin for the queue to drain
+  on two cores: 20 s.
 - Statuses are sampled every 0.2 s during the whole run (invariant d). The evidence (documents,
   ledger counts, what Redis holds) is read from the servers directly once the run settled.
 - Every process and server is stopped on the way out, whatever happens. The run directory
@@ -39,13 +39,13 @@ from ...backoff import Backoff
 from ...job import queue_jobs, queue_raw_jobs
 from ...store import Store, strings
 from ..workers import WorkerProcess
-from .cluster import DATABASE, LEASE, REDIS_TIMEOUT, ChaosCluster
+from .cluster import DATABASE, LEASE, ChaosCluster
 from .invariants import FINAL, Evidence, Verdict, check
 from .schedule import JOB_KINDS, QUEUE, RAW_QUEUE, Batch, Fault, Schedule
 
-RECOVER_INTERVAL = max(0.5, min(LEASE / 3.0, 5.0))  # how often a worker looks for expired leases (worker/core.py)
+RECOVER_INTERVAL = max(0.5, min(LEASE / 3.0, 5.0))  # how often a worker looks for expired leases (housekeeping)
 BACKOFF_CAP = Backoff().maximum  # the longest wait between two attempts through an outage
-RECONCILE_GRACE = REDIS_TIMEOUT + 1  # Redis emptied: waiting jobs are put back once this old
+RECONCILE_GRACE = LEASE + 1  # Redis emptied: its second phase (started jobs of leaseless workers) waits this long
 LONGEST_JOB = 4.0  # schedule.py: Long jobs sleep 2 to 4 s
 MARGIN = 5.0
 RECOVERY_BOUND = float(math.ceil(LEASE + RECOVER_INTERVAL + BACKOFF_CAP + RECONCILE_GRACE + LONGEST_JOB + MARGIN))
