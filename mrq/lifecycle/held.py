@@ -112,7 +112,7 @@ class HeldJobs:
         try:
             return write(start, "MongoDB job start")
         except Refused as exc:
-            log.error("job %s: MongoDB refused to start it (%s): dropped", job_id, exc)
+            self._refused_start([oid], str(exc))
             return None
 
     def start_many(self, documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -133,7 +133,7 @@ class HeldJobs:
         try:
             modified = write(mark, "MongoDB job start")
         except Refused as exc:
-            log.error("MongoDB refused to start %d jobs (%s): dropped", len(oids), exc)
+            self._refused_start(oids, str(exc))
             return {}
         if modified == len(documents):
             for doc in documents:
@@ -145,6 +145,13 @@ class HeldJobs:
         fresh = write(lambda: list(self.store.jobs.find({"_id": {"$in": oids}})), "MongoDB job load")
         return {str(d["_id"]): d for d in fresh
                 if d.get("status") == STARTED and d.get("worker") == self.oid and d.get("datestarted") == now}
+
+    def _refused_start(self, oids: list[ObjectId], reason: str) -> None:
+        """MongoDB refused to start them: they end `failed` with the reason (their ids are then
+        dropped by the caller), rather than stay `queued` with no id left in Redis."""
+        for oid in oids:
+            self.store_refusal(FinalWrite(oid, str(oid), None, {"_id": oid, "status": {"$in": sorted(
+                STARTABLE_STATUSES)}}, None, ttl=self.store.settings.default_job_ttl), reason)
 
     def unstart(self, doc: dict[str, Any], queue: str, due: float) -> None:
         """Undo a start that must wait (no free `max_concurrency` slot): back to `queued`, and the

@@ -80,7 +80,7 @@ class JobStarter:
                 if owner is not None:
                     # Running here already: from the same queue this is that run's own entry;
                     # from another queue it is a second entry, and a duplicate.
-                    if owner.source_queue != queue.name:
+                    if owner.running_queue != queue.name:
                         drop.setdefault(queue.name, []).append(job_id)
                     continue
                 if job_id in finishing:
