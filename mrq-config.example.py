@@ -75,7 +75,7 @@ DASHBOARD_BIND = "127.0.0.1"  # address it binds to; anything but loopback shoul
 DASHBOARD_AUTH = ""  # "user:password" for HTTP basic auth on every page and API route ("" = none)
 DASHBOARD_TOKEN = ""  # bearer token for API clients (Authorization: Bearer <token>)
 DASHBOARD_READONLY = False  # refuse every action (cancel, requeue, abort, pause, enqueue)
-DASHBOARD_ENQUEUE_PATHS = []  # task paths (or dotted prefixes) that POST /api/jobs may enqueue ([] = none)
+DASHBOARD_ENQUEUE_PATHS = []  # task paths (exact, or "tasks.public.*" patterns) POST /api/jobs may enqueue ([] = none)
 
 # --- mrq-run ---------------------------------------------------------------------------------------------
 QUEUE = ""  # mrq-run: queue the task on this queue and print its id instead of running it

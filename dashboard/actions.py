@@ -20,6 +20,7 @@ from mrq.lifecycle import operations
 from mrq.queue import pause_queue, resume_queue
 from mrq.storage import mongo
 from mrq.store import Store
+from mrq.task import defined_in_source
 
 from .formatting import utcnow
 from .jobfilter import BadInput, JobFilter
@@ -152,18 +153,28 @@ class Actions:
     def enqueue(self, path: str, params: dict[str, Any], queue: str | None) -> ObjectId:
         allowed = self.enqueue_paths
         if not allowed:
-            raise Forbidden("enqueueing by HTTP is off (set dashboard_enqueue_paths to the task paths or "
-                            "prefixes it may enqueue)")
+            raise Forbidden("enqueueing by HTTP is off (set dashboard_enqueue_paths to the task paths, or "
+                            "`prefix.*` patterns, it may enqueue)")
         if not enqueue_allowed(path, allowed):
-            raise Forbidden(f"task path {path[:120]!r} may not be enqueued by HTTP (dashboard_enqueue_paths)")
+            raise Forbidden(f"task path {path[:120]!r} may not be enqueued by HTTP (dashboard_enqueue_paths allows "
+                            "exact task paths and `prefix.*` patterns)")
+        if not defined_in_source(path):
+            # Read from the source, never imported here: a name the module imports (`from subprocess
+            # import run`) or assigns is not a task, whatever the allow-list says.
+            raise Forbidden(f"task path {path[:120]!r} is not a Task class or function defined in its module "
+                            "(checked in its source on the dashboard's sys.path)")
         return queue_job(path, params, queue=queue, store=self.store)
 
 
 def enqueue_allowed(path: str, allowed: list[str]) -> bool:
-    """An entry allows its exact path, and every path under it when it is a dotted prefix
-    (`tasks.reports` and `tasks.reports.` both allow `tasks.reports.Daily`)."""
+    """An entry allows its exact path (`tasks.reports.Daily`), or, ending in `.*`, every path
+    under that prefix (`tasks.reports.*` allows `tasks.reports.Daily` and `tasks.reports.x.Job`,
+    not `tasks.reportsX.Job` nor `tasks.reports` itself). Nothing else matches."""
     for entry in allowed:
-        prefix = entry.rstrip(".")
-        if prefix and (path == prefix or path.startswith(prefix + ".")):
+        if entry.endswith(".*"):
+            prefix = entry[:-1]  # keeps the dot
+            if len(prefix) > 1 and path.startswith(prefix) and len(path) > len(prefix):
+                return True
+        elif path == entry:
             return True
     return False

@@ -272,7 +272,8 @@ OPTIONS: tuple[Option, ...] = (
            "Read-only dashboard: every action (cancel, requeue, abort, pause, enqueue) is refused.",
            scope=DASHBOARD),
     Option("dashboard_enqueue_paths", _parse_str_list, [],
-           "Task paths (or dotted prefixes) that POST /api/jobs may enqueue (empty = enqueueing by HTTP is off).",
+           "Task paths (exact, or `prefix.*` patterns) that POST /api/jobs may enqueue; each must be a Task "
+           "class or function defined in its module (empty = enqueueing by HTTP is off).",
            scope=DASHBOARD),
     # --- mrq-run
     Option("queue", _parse_str, "", "Enqueue the task on this queue and print its id instead of running it.",

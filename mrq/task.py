@@ -1,18 +1,24 @@
 """Tasks: the user code a job runs, addressed by a dotted path.
 
 A task is either a `Task` subclass (MRQ style: `run(self, params)` gets the params dict) or a
-plain function (called with the params as keyword arguments). Modules are imported on first use
-and the result is cached per process.
+plain function (called with the params as keyword arguments), **defined in the module its path
+names**: a path never resolves to something the module imports (`reports.run` when `reports`
+does `from subprocess import run`), to a private name (`_helper`), nor to any other callable
+object. The worker, `mrq-run`, the scheduler and the HTTP API all resolve paths here. Modules are
+imported on first use and the result is cached per process.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import re
 import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .exceptions import InvalidJob, TaskImportError, TaskNotFound
@@ -64,6 +70,8 @@ def load_task(path: str) -> Callable[[dict[str, Any]], Any]:
 def _resolve(path: str) -> Callable[[dict[str, Any]], Any]:
     validate_task_path(path)
     module_name, _, attr = path.rpartition(".")
+    if attr.startswith("_"):
+        raise TaskNotFound(f"no task {path}: {attr!r} is a private name (tasks are public classes and functions)")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -72,9 +80,14 @@ def _resolve(path: str) -> Callable[[dict[str, Any]], Any]:
         raise _import_error(path, module_name) from None
     except BaseException:
         raise _import_error(path, module_name) from None
-    target = getattr(module, attr, None)
+    target = module.__dict__.get(attr)
     if target is None:
         raise TaskNotFound(f"no task {path}: module {module_name!r} has no attribute {attr!r}")
+    defined_in = getattr(target, "__module__", None)
+    if defined_in != module_name:
+        where = f"{defined_in}.{getattr(target, '__qualname__', attr)}" if defined_in else repr(target)[:80]
+        raise TaskNotFound(f"no task {path}: {attr} is {where}, which module {module_name!r} imports but does not "
+                           "define (a task is a Task class or a function defined in the module of its path)")
     if isinstance(target, type):
         if not issubclass(target, Task) and not callable(getattr(target, "run", None)):
             raise TaskNotFound(f"no task {path}: class {attr} has no run(params) method")
@@ -85,7 +98,7 @@ def _resolve(path: str) -> Callable[[dict[str, Any]], Any]:
 
         run_class.task_class = task_class  # type: ignore[attr-defined]
         return run_class
-    if callable(target):
+    if inspect.isfunction(target):
         function = target
 
         def run_function(params: dict[str, Any]) -> Any:
@@ -93,6 +106,52 @@ def _resolve(path: str) -> Callable[[dict[str, Any]], Any]:
 
         return run_function
     raise TaskNotFound(f"no task {path}: {attr} is a {type(target).__name__}, not a Task class or a function")
+
+
+def defined_in_source(path: str) -> bool:
+    """Whether the module of `path` defines `class Name` or `def Name` (at its top level, or in a
+    top-level `if`/`try`), read from its source file on sys.path, never imported: what a process
+    that must not run user code (the dashboard) can check before accepting a path."""
+    try:
+        validate_task_path(path)
+    except InvalidJob:
+        return False
+    module_name, _, attr = path.rpartition(".")
+    if attr.startswith("_"):
+        return False
+    source = _module_source(module_name.split("."))
+    if source is None:
+        return False
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return attr in _top_level_definitions(tree.body)
+
+
+def _module_source(parts: list[str]) -> str | None:
+    for base in sys.path:
+        root = Path(base or ".").joinpath(*parts)
+        for candidate in (root.with_suffix(".py"), root / "__init__.py"):
+            if candidate.is_file():
+                try:
+                    return candidate.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    return None
+    return None
+
+
+def _top_level_definitions(body: list[ast.stmt]) -> set[str]:
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.If):
+            names |= _top_level_definitions(node.body) | _top_level_definitions(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
+                names |= _top_level_definitions(block)
+    return names
 
 
 def _import_error(path: str, module_name: str) -> TaskImportError:

@@ -357,7 +357,7 @@ def test_bulk_actions_preview_then_apply(client: FlaskClient, store: Store) -> N
 def test_enqueue_and_poll_over_http(mrq_settings: Settings, store: Store, worker_factory: Any) -> None:
     closed = make_client(mrq_settings, store)
     assert "enqueueing by HTTP is off" in error_of(closed.post("/api/jobs", json={"path": f"{TASKS}.Add"}), 403)
-    client = make_client(mrq_settings, store, dashboard_enqueue_paths=[f"{TASKS}.Add", "tests.tasks.dashboard."])
+    client = make_client(mrq_settings, store, dashboard_enqueue_paths=[f"{TASKS}.Add", "tests.tasks.dashboard.*"])
     response = client.post("/api/jobs", json={"path": f"{TASKS}.Add", "params": {"a": 40, "b": 2}})
     assert response.status_code == 201
     job_id = response.json["id"]
