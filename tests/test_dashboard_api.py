@@ -66,11 +66,17 @@ def app(mrq_settings: Settings, store: Store) -> Flask:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client(use_cookies=False)
+    """An API client: no cookies, the X-MRQ-Client header on every request."""
+    client = app.test_client(use_cookies=False)
+    client.environ_base["HTTP_X_MRQ_CLIENT"] = "tests"
+    return client
 
 
 def make_client(mrq_settings: Settings, store: Store, **changes: Any) -> FlaskClient:
-    return create_app(mrq_settings.replace(**changes), store=store, cache_seconds=0).test_client(use_cookies=False)
+    """A test client that acts as an API client (the X-MRQ-Client header on every request)."""
+    client = create_app(mrq_settings.replace(**changes), store=store, cache_seconds=0).test_client(use_cookies=False)
+    client.environ_base["HTTP_X_MRQ_CLIENT"] = "tests"
+    return client
 
 
 def error_of(response: Any, status: int) -> str:
@@ -453,6 +459,14 @@ def test_csrf_for_browser_requests(app: Flask, store: Store) -> None:
     assert "cross-site" in error_of(browser.post(url, headers={**same_origin, "Sec-Fetch-Site": "cross-site"}), 403)
     no_cookie = app.test_client(use_cookies=False)
     assert "CSRF token" in error_of(no_cookie.post(url, headers={"Origin": "http://localhost"}), 403)
+    # Nothing at all (no Origin, no cookie, no token: a form post some clients make) is refused too.
+    assert "X-MRQ-Client" in error_of(no_cookie.post(url), 403)
+    assert "X-MRQ-Client" in error_of(no_cookie.post(url, data={"x": "1"}), 403)
+    # A browser holding the session cookie must send the token, even with the API header.
+    assert "CSRF token" in error_of(browser.post(url, headers={"X-MRQ-Client": "x"}), 403)
+    # An API client from another origin is refused whatever it sends.
+    assert "another origin" in error_of(no_cookie.post(url, headers={"X-MRQ-Client": "x",
+                                                                     "Origin": "http://evil.example"}), 403)
     assert Job(job_id, store).fetch().status == "queued"
     assert browser.post(url, headers=same_origin).status_code == 200
     assert Job(job_id, store).fetch().status == "cancel"
@@ -553,6 +567,7 @@ def test_health_and_pages_while_stores_are_down_then_back(tmp_path: Any) -> None
         app = create_app(settings, cache_seconds=0)
         stores.append(app.extensions["mrq"].store)
         client = app.test_client(use_cookies=False)
+        client.environ_base["HTTP_X_MRQ_CLIENT"] = "tests"
         assert client.get("/").status_code == 200
         redis_server.stop()
         page = client.get("/")
