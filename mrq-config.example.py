@@ -59,6 +59,7 @@ SCHEDULER_INTERVAL = 1.0  # seconds between scheduler checks
 ENSURE_INDEXES = False  # create the MongoDB indexes at start
 ADMIN_PORT = 0  # port of the admin HTTP server: /report, /metrics, /wait_for_idle (0 = off)
 ADMIN_IP = "127.0.0.1"  # address the admin server binds to ("0.0.0.0" in a container or a pod)
+ADMIN_TOKEN = ""  # bearer token every admin request must send: set it whenever ADMIN_IP is not loopback
 
 # --- Tracing and profiling (mrq-worker, docs/observability.md) ----------------------------------------
 TRACE_GREENLETS = False  # time and greenlet switches of each job

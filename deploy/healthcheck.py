@@ -45,7 +45,8 @@ def check_worker(settings: Any, port: int | None) -> str:
     port = port or settings.admin_port
     if not port:
         raise RuntimeError("no admin port: start the worker with --admin_port (or MRQ_ADMIN_PORT)")
-    status, body = _get(f"http://{_host(settings.admin_ip)}:{port}/report")
+    headers = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
+    status, body = _get(f"http://{_host(settings.admin_ip)}:{port}/report", headers)
     if status != 200:
         raise RuntimeError(f"worker admin server answered HTTP {status}")
     report = json.loads(body)

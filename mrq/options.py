@@ -236,6 +236,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_port", _parse_int, 0, "Port of the worker's admin HTTP server (0 = off).", scope=WORKER,
            minimum=0),
     Option("admin_ip", _parse_str, "127.0.0.1", "Address the admin HTTP server binds to.", scope=WORKER),
+    Option("admin_token", _parse_str, "",
+           "Bearer token every admin HTTP request must send (Authorization: Bearer ...); set it whenever the "
+           "admin server is reachable from other machines: /report shows live job stacks.", scope=WORKER),
     # --- tracing (worker)
     Option("trace_greenlets", _parse_bool, False,
            "Measure the time each job's greenlets ran and how often they switched (job fields time, switches).",

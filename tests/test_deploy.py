@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def container_env(container: dict[str, Any]) -> dict[str, str]:
     """A container's env, secret references replaced by a plausible value of the right kind."""
     secrets = {"redis": "redis+sentinel://127.0.0.1:26379/mymaster", "mongodb": "mongodb://127.0.0.1/mrq",
-               "dashboard-auth": "admin:secret"}
+               "dashboard-auth": "admin:secret", "admin-token": "a-long-random-token"}
     env = {}
     for item in container.get("env", []):
         if "value" in item:
@@ -307,12 +309,20 @@ def test_kubernetes_manifests() -> None:
 
     container = worker["spec"]["template"]["spec"]["containers"][0]
     settings = mrq_settings_from(container["command"], container_env(container))
-    assert settings.admin_ip == "0.0.0.0", "the kubelet probes the pod's IP, not its loopback"
+    assert settings.admin_ip == "0.0.0.0", "Prometheus scrapes the pod's IP, not its loopback"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MRQ_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "admin-token", \
+        "an admin server reachable from the network needs its token (live job stacks)"
+    assert container["livenessProbe"]["exec"]["command"] == ["mrq-healthcheck", "worker"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/report" and ports[probe["port"]] == settings.admin_port
+    assert ports["admin"] == settings.admin_port
     annotations = worker["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(settings.admin_port)
+    for deployment in [d for d in docs if d["kind"] == "Deployment"]:
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            if env.get("MRQ_ADMIN_IP", {}).get("value") not in (None, "127.0.0.1"):
+                assert "MRQ_ADMIN_TOKEN" in env, deployment["metadata"]["name"]
 
     container = dashboard["spec"]["template"]["spec"]["containers"][0]
     settings = mrq_settings_from(container["command"], container_env(container))
@@ -381,6 +391,21 @@ def healthcheck(settings: Settings, *args: str, env: dict[str, str] | None = Non
 
 def test_healthcheck_of_a_worker(mrq_settings: Settings, worker_factory: Any) -> None:
     port = free_port()
+    token_port = free_port()
+    guarded = worker_factory("--admin_port", str(token_port), "--admin_ip", "0.0.0.0",
+                             env={"MRQ_ADMIN_TOKEN": "adm1n-t0ken"})
+    assert "without --admin_token" not in guarded.output()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{token_port}/report", timeout=5)
+    assert refused.value.code == 401
+    refused.value.close()
+    assert healthcheck(mrq_settings, "worker", "--port", str(token_port)).returncode == 1  # no token: refused
+    done = healthcheck(mrq_settings, "worker", "--port", str(token_port), env={"MRQ_ADMIN_TOKEN": "adm1n-t0ken"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    guarded.stop()
+    open_worker = worker_factory("--admin_port", str(free_port()), "--admin_ip", "0.0.0.0")
+    assert "without --admin_token" in open_worker.output()  # a loud line when it is reachable and open
+    open_worker.stop()
     worker = worker_factory("--admin_port", str(port))
     done = healthcheck(mrq_settings, "worker", "--port", str(port))
     assert done.returncode == 0 and "worker" in done.stdout, done.stdout + done.stderr

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import logging
 import socket
 import time
 import traceback
@@ -28,6 +31,15 @@ if TYPE_CHECKING:
 
 StartResponse = Callable[..., Any]
 
+log = logging.getLogger("mrq.worker")
+
+
+def is_loopback_address(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.strip("[]")).is_loopback
+    except ValueError:
+        return ip == "localhost"
+
 
 def job_stacks(worker: WorkerView) -> dict[str, list[str]]:
     """The current stack of each running job's greenlets (the job's own first)."""
@@ -43,10 +55,15 @@ def job_stacks(worker: WorkerView) -> dict[str, list[str]]:
 
 
 class AdminServer:
-    def __init__(self, worker: WorkerView, ip: str, port: int) -> None:
+    def __init__(self, worker: WorkerView, ip: str, port: int, token: str = "") -> None:
         self.worker = worker
         self.address = (ip, port)
+        self.token = token
         self._server: WSGIServer | None = None
+        if not token and not is_loopback_address(ip):
+            log.warning("the admin server listens on %s without --admin_token: anyone who reaches it sees the live "
+                        "stacks of running jobs (their params in local variables). Set --admin_token, or bind it to "
+                        "127.0.0.1", ip)
 
     def start(self) -> None:
         """Bind now: a port in use stops the worker before it takes any job."""
@@ -67,6 +84,12 @@ class AdminServer:
 
     def app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if self.token:
+            scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+                start_response("401 Unauthorized", [("Content-Type", "application/json"),
+                                                    ("WWW-Authenticate", 'Bearer realm="mrq worker"')])
+                return [b'{"error": "authentication required (Authorization: Bearer <admin_token>)"}']
         if path in ("/", "/report"):
             report = build_report(self.worker)
             stacks = job_stacks(self.worker)

@@ -146,7 +146,7 @@ class Worker:
 
     def init(self) -> None:
         if self.settings.admin_port:
-            self.admin = AdminServer(self, self.settings.admin_ip, self.settings.admin_port)
+            self.admin = AdminServer(self, self.settings.admin_ip, self.settings.admin_port, self.settings.admin_token)
             self.admin.start()
         if self.install_signal_handlers():
             self.watchdog = Watchdog(current.get_current_job_of, self.settings.worker_lease)
