@@ -137,7 +137,7 @@ def queue_jobs(
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
         try:
-            store.jobs.insert_many(batch, ordered=ids is None, bypass_document_validation=True)
+            store.jobs.insert_many(batch, ordered=ids is None)
         except pymongo.errors.BulkWriteError as exc:
             errors = exc.details.get("writeErrors") or [{}]
             refused = [error for error in errors if error.get("code") != 11000]
