@@ -19,8 +19,9 @@ d. no status goes back from a final one, nor changes to another final one, as sa
    requeues jobs on purpose.
 e. a raw param accepted by `queue_raw_jobs` either ran, has a document, or is still in Redis, or
    its loss is one docs/guarantees.md allows: Redis lost its data (restart empty, FLUSHALL) after
-   it was queued, or a worker was killed (-9) after it was queued (between a worker's pop and its
-   insert). Allowed losses are counted apart; others are `raw lost`.
+   it was queued, a worker was killed (-9) after it was queued (between a worker's pop and its
+   insert), or Redis was partitioned or frozen around then (a pop that ran while its reply was
+   lost). Allowed losses are counted apart; others are `raw lost`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Evidence:
     regressions: list[tuple[str, str, str, float]] = field(default_factory=list)  # id, final, later, when
     actions: list[tuple[float, str]] = field(default_factory=list)  # what the runner did
     data_losses: list[float] = field(default_factory=list)  # Redis restarted empty / FLUSHALL
+    lost_replies: list[float] = field(default_factory=list)  # Redis partitioned / frozen: commands run, replies lost
     kills: list[float] = field(default_factory=list)  # kill -9 of a worker process
     workers: dict[str, tuple[str, int]] = field(default_factory=dict)  # worker id -> (slot, pid)
     signals: dict[int, list[str]] = field(default_factory=dict)  # pid -> signals it got, with times
@@ -219,10 +221,13 @@ def check(ev: Evidence) -> Verdict:
             continue
         losses = [t for t in ev.data_losses if t >= when]
         kills = [t for t in ev.kills if t >= when]
+        replies = [t for t in ev.lost_replies if t >= when - 5.0]  # a pop sent up to a timeout before
         if losses:
             figures["raw lost, allowed (Redis lost its data)"] += 1
         elif kills:
             figures["raw lost, allowed (worker killed between pop and insert)"] += 1
+        elif replies:
+            figures["raw lost, allowed (a pop's reply lost in a Redis partition or freeze)"] += 1
         else:
             violation("e", "raw lost", param, f"queued at {when:.2f}s; never ran, no document, not in Redis; "
                       "no Redis data loss or kill -9 after it")

@@ -269,6 +269,8 @@ class Run:
                     self.evidence.kills.append(now)
                 if fault.kind in ("redis_restart", "redis_flushall"):
                     self.evidence.data_losses.append(now)
+                if fault.kind in ("redis_partition", "redis_freeze"):
+                    self.evidence.lost_replies.append(now)
             else:
                 done = self.cluster.end(fault)
             self.note(done)
