@@ -9,6 +9,10 @@ the options), so the tests run the same whether or not the session runs in stric
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import subprocess
 import sys
 import uuid
@@ -18,6 +22,7 @@ from typing import Any
 import bson
 import pymongo
 import pytest
+from bson.binary import Binary
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, WriteError
@@ -178,6 +183,42 @@ def test_unauthenticated_clients_run_only_the_handshake_commands(app: Database, 
         with pytest.raises(OperationFailure, match="requires authentication") as refused:
             call()
         assert refused.value.code == 13
+
+
+def _scram(db: Database, user: str, password: str, skip_empty: bool = True) -> dict[str, Any]:
+    """A whole SCRAM-SHA-256 conversation on ``db``, written from RFC 5802/7677 (not pymongo's)."""
+    first_bare = f"n={user},r={base64.b64encode(os.urandom(24)).decode()}"
+    options = {"skipEmptyExchange": True} if skip_empty else {}
+    start = db.command("saslStart", 1, mechanism="SCRAM-SHA-256", payload=Binary(f"n,,{first_bare}".encode()),
+                       options=options)  # fmt: skip
+    server_first = bytes(start["payload"]).decode()
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    without_proof = f"c=biws,r={fields['r']}"
+    message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), message, "sha256")
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    reply = db.command("saslContinue", 1, conversationId=start["conversationId"],
+                       payload=Binary(f"{without_proof},p={proof}".encode()))  # fmt: skip
+    server_signature = hmac.digest(hmac.digest(salted, b"Server Key", "sha256"), message, "sha256")
+    assert bytes(reply["payload"]).decode() == "v=" + base64.b64encode(server_signature).decode()  # the server knows
+    if not reply["done"]:  # the empty third message of a client that did not ask to skip it
+        reply = db.command("saslContinue", 1, conversationId=start["conversationId"], payload=Binary(b""))
+    return dict(reply)
+
+
+def test_a_connection_authenticates_as_one_user_only(app: Database, connect: Callable[..., Any]) -> None:
+    name, password = _user(app, ["read"])
+    other, other_password = _user(app, ["read"])
+    db = connect(name, password, app.name, maxPoolSize=1)[app.name]
+    assert _scram(db, name, password)["done"] and _scram(db, name, password, skip_empty=False)["done"]
+    with pytest.raises(OperationFailure, match="may only be authenticated once") as same_db:
+        _scram(db, other, other_password)
+    with pytest.raises(OperationFailure, match="multiple databases") as other_db:
+        _scram(db.client.admin, "root", ROOT_PASSWORD)
+    assert (same_db.value.code, other_db.value.code) == (5626701, 5626702)
+    assert db.command("connectionStatus")["authInfo"]["authenticatedUsers"] == [{"user": name, "db": app.name}]
 
 
 def test_a_dropped_user_is_unauthenticated_at_its_next_command(app: Database, connect: Callable[..., Any]) -> None:

@@ -10,7 +10,7 @@ Guarantees:
   speculatively in the ``hello`` handshake (``speculativeAuthenticate``) and negotiated through
   ``saslSupportedMechs``, as pymongo 4 does. A wrong password, an unknown user or a mechanism the
   user has no credential for: code 18, ``Authentication failed.``. A connection is authenticated as
-  one user at most (code 5626701 for a second one, as mongod 5.0+); a dropped user's connections
+  one user at most (codes 5626701/5626702 for a second one, as mongod 5.0+); a dropped user's connections
   are unauthenticated from their next command on, and role changes apply at once.
 - Without ``--auth`` (``enforce`` false) users can be created and clients authenticate, but no
   command is checked, as on a mongod started without ``--auth``.
@@ -208,9 +208,6 @@ class Auth:
         credential = self.users.get(key, {}).get("credentials", {}).get(mechanism)
         if credential is None:
             raise CommandError(18, _FAILED)
-        if session.user not in (None, key) and session.user in self.users:
-            raise CommandError(5626701, "Each client connection may only be authenticated once. Previously "
-                               f"authenticated as: {session.user[1]}@{session.user[0]}")  # fmt: skip
         nonce = attributes["r"] + _b64(os.urandom(24))
         server_first = f"r={nonce},s={credential['salt']},i={credential['iterationCount']}"
         skip_empty = bool((cmd.get("options") or {}).get("skipEmptyExchange"))
@@ -243,11 +240,24 @@ class Auth:
         proven = hmac.compare_digest(hashlib.new(digest, client_key).digest(), stored_key)
         if len(proof) != len(signature) or not proven:
             raise CommandError(18, _FAILED)
+        self._one_user_per_connection(session, talk.user)
         session.user = talk.user
         verifier = _b64(hmac.digest(base64.standard_b64decode(credential["serverKey"]), message, digest))
         if not talk.skip_empty:
             talk.proven, session.conversation = True, talk
         return {"conversationId": 1, "done": talk.skip_empty, "payload": Binary(f"v={verifier}".encode()), "ok": 1.0}
+
+    def _one_user_per_connection(self, session: _Session, key: UserKey) -> None:
+        """mongod 5.0+: a connection authenticates again only as the same user."""
+        previous = session.user if session.user in self.users else None
+        if previous is None or previous == key:
+            return
+        shown = f"{previous[1]}@{previous[0]}"
+        if previous[0] == key[0]:
+            raise CommandError(5626701, f"Each client connection may only be authenticated once. Previously "
+                               f"authenticated as: {shown}")  # fmt: skip
+        raise CommandError(5626702, f"Client has attempted to authenticate on multiple databases.Already "
+                           f"authenticated as: {shown}")  # fmt: skip
 
     # ---- user management
     def cmd_createuser(self, db: str, cmd: Doc, conn_id: int) -> Doc:

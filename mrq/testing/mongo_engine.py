@@ -59,7 +59,7 @@ _CODE_NAMES = {
     59: "CommandNotFound", 72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict",
     238: "NotImplemented", 291: "NoQueryExecutionPlans", 334: "MechanismUnavailable", 10334: "BSONObjectTooLarge",
     11000: "DuplicateKey", 17419: "Location17419", 17420: "Location17420", 40414: "Location40414",
-    51003: "Location51003", 5626701: "Location5626701",
+    51003: "Location51003", 5626701: "Location5626701", 5626702: "Location5626702",
 }
 # fmt: on
 #: How MongoDB spells the commands in ``serverStatus().metrics.commands`` (clients may send any case).
