@@ -11,6 +11,7 @@ from typing import Any
 from mongomock_ng import MongoClient, filtering, helpers
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from .mongo_auth import Auth
 from .mongo_collection import DEFAULT_BATCH, CommandError, Doc, FastCollection, _bson_size, _store_key
 
 _INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
@@ -21,6 +22,8 @@ class Catalog:
 
     #: The engine's cursor reply (mongo_engine.Engine): listings are answered as cursors.
     _cursor_reply: Callable[..., Doc]
+    #: Users and connections (mongo_engine.Engine): listDatabases shows what the user may see.
+    auth: Auth
 
     def __init__(self) -> None:
         self.client: Any = MongoClient()
@@ -97,6 +100,9 @@ class Catalog:
 
     def cmd_listdatabases(self, db: str, cmd: Doc, conn_id: int) -> Doc:
         names = [name for name, store in list(self.client._store._databases.items()) if store.is_created]
+        if self.auth.users and "admin" not in names:
+            names.append("admin")  # where mongod keeps its users (admin.system.users)
+        names = self.auth.visible_databases(conn_id, names)
         entries: list[Doc] = []
         for name in names:
             size = {} if cmd.get("nameOnly") else {"sizeOnDisk": self.cmd_dbstats(name, {}, conn_id)["storageSize"]}

@@ -2,7 +2,8 @@
 with an ``_id`` fast path, quick equality checks and hashed unique indexes, and the helpers the
 commands use on documents: sorting (native keys, top-k), TTL expiry, BSON sizes.
 
-``Doc``, the limits and ``CommandError`` are shared by every module of the test server.
+``Doc``, the limits, ``CommandError`` and ``bson_text`` (a document written as mongod writes one
+in its error messages) are shared by every module of the test server.
 """
 
 from __future__ import annotations
@@ -41,6 +42,27 @@ class CommandError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def bson_text(value: Any) -> str:
+    """``value`` as mongod prints BSON in its messages: ``{ find: "c", filter: { a: 1 } }``."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k}: {bson_text(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[ " + ", ".join(map(bson_text, value)) + " ]" if value else "[]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if value is None:
+        return "null"
+    if isinstance(value, ObjectId):
+        return f"ObjectId('{value}')"
+    if isinstance(value, datetime):
+        return f"new Date({int(value.replace(tzinfo=value.tzinfo or UTC).timestamp() * 1000)})"
+    if isinstance(value, bytes):
+        return f"BinData(0, {value.hex().upper()})"
+    return str(value)
 
 
 # --------------------------------------------------------------------------- query helpers

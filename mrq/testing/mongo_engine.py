@@ -2,12 +2,19 @@
 one global lock. Dispatch and per-command counters, error replies, cursors, the TTL pass, the
 handshake and server information, writes and reads; the catalog commands come from ``Catalog``
 (mongo_catalog.py).
+
+Every command passes the access check of ``Auth`` (mongo_auth.py; enforced with ``--auth``) before
+it runs, and with ``--notablescan`` every query (find, count, distinct, aggregate's leading
+``$match``/``$sort``, each update and delete statement, findAndModify) passes mongo_planner.py's
+check first. A cursor belongs to the user that opened it: another one's getMore is refused (13).
+Refusals (codes 13, 18, 291) are logged on stderr with the command, one line each.
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +28,7 @@ from mongomock_ng import helpers
 from mongomock_ng.aggregate import process_pipeline
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from .mongo_auth import Auth
 from .mongo_catalog import Catalog
 from .mongo_collection import (
     DEFAULT_BATCH,
@@ -31,7 +39,9 @@ from .mongo_collection import (
     _expire,
     _select,
     _store_key,
+    bson_text,
 )
+from .mongo_planner import check_indexed, exempt, pushed_down
 
 MAX_MESSAGE_SIZE = 48_000_000
 MAX_WIRE_VERSION = 21  # MongoDB 7.0; >= 25 would make pymongo send 8.0-only commands
@@ -41,12 +51,15 @@ CURSOR_TIMEOUT = 600.0
 # fmt: off
 _IGNORED_FIELDS = ("$db", "lsid", "$readPreference", "$clusterTime", "readConcern", "writeConcern", "maxTimeMS",
                    "comment", "backpressure", "txnNumber", "autocommit", "startTransaction", "apiVersion", "apiStrict",
-                   "apiDeprecationErrors", "hint")
+                   "apiDeprecationErrors")
 _CODE_NAMES = {
-    1: "InternalError", 2: "BadValue", 9: "FailedToParse", 20: "IllegalOperation", 26: "NamespaceNotFound",
-    27: "IndexNotFound", 43: "CursorNotFound", 48: "NamespaceExists", 59: "CommandNotFound", 72: "InvalidOptions",
-    73: "InvalidNamespace", 85: "IndexOptionsConflict", 238: "NotImplemented", 10334: "BSONObjectTooLarge",
-    11000: "DuplicateKey", 17419: "Location17419", 17420: "Location17420",
+    1: "InternalError", 2: "BadValue", 9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized",
+    14: "TypeMismatch", 17: "ProtocolError", 18: "AuthenticationFailed", 20: "IllegalOperation",
+    26: "NamespaceNotFound", 27: "IndexNotFound", 31: "RoleNotFound", 43: "CursorNotFound", 48: "NamespaceExists",
+    59: "CommandNotFound", 72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict",
+    238: "NotImplemented", 291: "NoQueryExecutionPlans", 334: "MechanismUnavailable", 10334: "BSONObjectTooLarge",
+    11000: "DuplicateKey", 17419: "Location17419", 17420: "Location17420", 40414: "Location40414",
+    51003: "Location51003", 5626701: "Location5626701", 5626702: "Location5626702",
 }
 # fmt: on
 #: How MongoDB spells the commands in ``serverStatus().metrics.commands`` (clients may send any case).
@@ -55,7 +68,10 @@ _CANONICAL_NAMES = {name.lower(): name for name in (
     "drop", "dropDatabase", "createIndexes", "listIndexes", "dropIndexes", "listCollections", "listDatabases",
     "renameCollection", "collStats", "dbStats", "killCursors", "hello", "isMaster", "ping", "buildInfo",
     "serverStatus", "endSessions", "killSessions", "killAllSessions", "commitTransaction", "abortTransaction",
+    "saslStart", "saslContinue", "createUser", "updateUser", "dropUser", "usersInfo", "connectionStatus",
 )}  # fmt: skip
+#: Codes of the refusals the server logs: unauthorized, authentication failed, no indexed plan.
+_LOGGED_CODES = (13, 18, 291)
 _UNSUPPORTED_FIND_OPTIONS = ("tailable", "awaitData", "min", "max", "returnKey", "showRecordId")
 _COUNT_STAGE = {"$group": {"_id": 1, "n": {"$sum": 1}}}  # what pymongo's count_documents ends with
 
@@ -88,11 +104,12 @@ def _error_fields(exc: BaseException) -> Doc:
 
 
 class _Cursor:
-    __slots__ = ("docs", "id", "last_used", "ns", "pos", "project")
+    __slots__ = ("docs", "id", "last_used", "ns", "owner", "pos", "project")
 
     def __init__(self, cursor_id: int, ns: str, docs: list[Doc], project: Callable[[Doc], Any] | None) -> None:
         self.id, self.ns, self.docs, self.project = cursor_id, ns, docs, project
         self.pos, self.last_used = 0, time.monotonic()
+        self.owner: tuple[str, str] | None = None  # the user that opened it, under --auth
 
 
 # --------------------------------------------------------------------------- commands
@@ -101,8 +118,10 @@ class _Cursor:
 class Engine(Catalog):
     """Executes decoded commands against the in-memory store, one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: bool = False, notablescan: bool = False) -> None:
         super().__init__()
+        self.auth = Auth(enforce=auth)
+        self.notablescan = notablescan
         self.lock = threading.Lock()
         self.cursors: dict[int, _Cursor] = {}
         self.cursor_ids = itertools.count(1)
@@ -116,6 +135,16 @@ class Engine(Catalog):
         self.command_counts: dict[str, list[int]] = {}  # name -> [total, failed]
         for name in ("ping", "endsessions", "killsessions", "killallsessions"):
             self.handlers[name] = lambda db, cmd, conn_id: {"ok": 1.0}
+        self.handlers.update(self.auth.handlers())
+
+    def connect(self, conn_id: int, loopback: bool) -> None:
+        """A client connected (from a loopback address or not: the localhost exception)."""
+        with self.lock:
+            self.auth.connect(conn_id, loopback)
+
+    def disconnect(self, conn_id: int) -> None:
+        with self.lock:
+            self.auth.disconnect(conn_id)
 
     def run(self, cmd: Doc, conn_id: int, db: str = "admin") -> bytes:
         """Execute one command and encode its reply (an error reply on any failure)."""
@@ -137,11 +166,16 @@ class Engine(Catalog):
             self._count("<UNKNOWN>", failed=True)
             raise CommandError(59, f"no such command: '{name}'")
         try:
+            self.auth.authorize(conn_id, db, name.lower(), _CANONICAL_NAMES.get(name.lower(), name), cmd)
             reply = handler(db, cmd, conn_id)
-        except Exception:
+        except Exception as exc:
             self._count(name, cmd, failed=True)
+            _log_refusal(exc, db, cmd)
             raise
         self._count(name, cmd)
+        cursor = reply.get("cursor")
+        if self.auth.enforce and isinstance(cursor, dict) and cursor.get("id") in self.cursors:
+            self.cursors[cursor["id"]].owner = self.auth.user(conn_id)
         return reply
 
     # ---- per-command counters, shaped like serverStatus().opcounters and metrics.commands
@@ -168,6 +202,18 @@ class Engine(Catalog):
             ops["getmore"] += 1
         else:
             ops["command"] += 1
+
+    def _plan(self, db: str, coll: FastCollection, spec: Any, sort: Any = None, hint: Any = None,
+              upsert: bool = False) -> None:
+        """With ``--notablescan``, refuse (291) a query no index serves; nothing is planned on a
+        collection that does not exist, unless an upsert creates it (mongo_planner.py)."""
+        if not self.notablescan or exempt(db, coll.name) or not (coll._store.is_created or upsert):
+            return
+        indexes = [([("_id", 1)], False, None)] + [
+            (list(i["key"]), bool(i.get("sparse")), i.get("partialFilterExpression"))
+            for i in coll._store.indexes.values()
+        ]
+        check_indexed(f"{db}.{coll.name}", indexes, spec, sort, hint)
 
     def _matching(self, coll: FastCollection, spec: Any) -> list[Doc]:
         if not isinstance(spec, dict | None):
@@ -203,6 +249,8 @@ class Engine(Catalog):
         cursor = self.cursors.get(int(cmd["getMore"]))
         if cursor is None:
             raise CommandError(43, f"cursor id {cmd['getMore']} not found")
+        if self.auth.enforce and cursor.owner != self.auth.user(conn_id):
+            raise CommandError(13, f"cursor id {cmd['getMore']} was not created by the authenticated user")
         batch = self._batch(cursor, int(cmd.get("batchSize", 0)))
         if cursor.pos >= len(cursor.docs):
             del self.cursors[cursor.id]
@@ -237,7 +285,7 @@ class Engine(Catalog):
             "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": MAX_MESSAGE_SIZE, "maxWriteBatchSize": 100_000,
             "localTime": datetime.now(UTC), "logicalSessionTimeoutMinutes": 30, "connectionId": conn_id,
             "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False, "ok": 1.0,
-        }  # fmt: skip
+        } | self.auth.hello_fields(cmd, conn_id)  # fmt: skip
 
     def cmd_buildinfo(self, db: str, cmd: Doc, conn_id: int) -> Doc:
         version = [*map(int, SERVER_VERSION.split(".")), 0]
@@ -262,7 +310,7 @@ class Engine(Catalog):
     cmd_aborttransaction = cmd_committransaction
 
     # ---- writes
-    def _write(self, cmd: Doc, statements: list[Any], apply: Callable[[int, Any], None]) -> Doc:
+    def _write(self, db: str, cmd: Doc, statements: list[Any], apply: Callable[[int, Any], None]) -> Doc:
         """Apply each statement in order; failures become writeErrors (stop at the first if ordered)."""
         errors = []
         for index, statement in enumerate(statements):
@@ -272,6 +320,7 @@ class Engine(Catalog):
                 apply(index, statement)
             except Exception as exc:
                 errors.append({"index": index, **_error_fields(exc)})
+                _log_refusal(exc, db, statement)
                 if cmd.get("ordered", True):
                     break
         return {"writeErrors": errors} if errors else {}
@@ -280,7 +329,7 @@ class Engine(Catalog):
         name, inserted = cmd["insert"], []
         coll, valid = self.coll(db, name), not cmd.get("bypassDocumentValidation")
         docs = cmd.get("documents", [])
-        errors = self._write(cmd, docs, lambda _, doc: inserted.append(coll._insert(doc, validate=valid)))
+        errors = self._write(db, cmd, docs, lambda _, doc: inserted.append(coll._insert(doc, validate=valid)))
         if (db, name) in self.capped:
             self._capped_insert(db, name, coll, inserted)
         return {"n": len(inserted), **errors, "ok": 1.0}
@@ -289,6 +338,7 @@ class Engine(Catalog):
         coll, counts, upserted = self.coll(db, cmd["update"]), [0, 0], []
 
         def apply(index: int, st: Doc) -> None:
+            self._plan(db, coll, st.get("q"), hint=st.get("hint"), upsert=bool(st.get("upsert")))
             result = coll._update(st["q"], st["u"], upsert=bool(st.get("upsert")), multi=bool(st.get("multi")),
                                   array_filters=st.get("arrayFilters"), collation=st.get("collation"),
                                   validate=not cmd.get("bypassDocumentValidation"))  # fmt: skip
@@ -297,7 +347,7 @@ class Engine(Catalog):
             if result["upserted"] is not None:
                 upserted.append({"index": index, "_id": result["upserted"]})
 
-        errors = self._write(cmd, cmd.get("updates", []), apply)
+        errors = self._write(db, cmd, cmd.get("updates", []), apply)
         self._capped_recount(db, cmd["update"], coll)
         return {"n": counts[0], "nModified": counts[1], **({"upserted": upserted} if upserted else {}), **errors,
                 "ok": 1.0}  # fmt: skip
@@ -306,9 +356,10 @@ class Engine(Catalog):
         coll, deleted = self.coll(db, cmd["delete"]), []
 
         def apply(index: int, st: Doc) -> None:
+            self._plan(db, coll, st.get("q"), hint=st.get("hint"))
             deleted.append(coll._delete(st["q"], collation=st.get("collation"), multi=not st.get("limit"))["n"])
 
-        errors = self._write(cmd, cmd.get("deletes", []), apply)
+        errors = self._write(db, cmd, cmd.get("deletes", []), apply)
         self._capped_recount(db, cmd["delete"], coll)
         return {"n": sum(deleted), **errors, "ok": 1.0}
 
@@ -319,6 +370,7 @@ class Engine(Catalog):
         remove, new, upsert = bool(cmd.get("remove")), bool(cmd.get("new")), bool(cmd.get("upsert"))
         if remove == (update is not None) or (remove and (new or upsert)):
             raise CommandError(9, "specify either an update, or remove=true without new and upsert")
+        self._plan(db, coll, query, cmd.get("sort"), cmd.get("hint"), upsert)
         if cmd.get("sort"):
             found = _select(self._matching(coll, query), cmd["sort"], 0, 1)
             old = found[0] if found else None
@@ -357,6 +409,7 @@ class Engine(Catalog):
             raise CommandError(238, "collations are not supported by this test server")
         name, spec, limit = cmd["find"], cmd.get("filter") or {}, int(cmd.get("limit", 0))
         coll = self.coll(db, name)
+        self._plan(db, coll, spec, cmd.get("sort"), cmd.get("hint"))
         docs = _select(self._matching(coll, spec), cmd.get("sort"), int(cmd.get("skip", 0)), abs(limit))
         projection = cmd.get("projection")
         project = (lambda doc: coll._copy_only_fields(doc, projection, dict, filter=spec)) if projection else None
@@ -364,12 +417,16 @@ class Engine(Catalog):
         return self._cursor_reply(f"{db}.{name}", docs, batch, project, single=cmd.get("singleBatch") or limit < 0)
 
     def cmd_count(self, db: str, cmd: Doc, conn_id: int) -> Doc:
-        n = max(len(self._matching(self.coll(db, cmd["count"]), cmd.get("query"))) - int(cmd.get("skip", 0)), 0)
+        coll = self.coll(db, cmd["count"])
+        self._plan(db, coll, cmd.get("query"), hint=cmd.get("hint"))
+        n = max(len(self._matching(coll, cmd.get("query"))) - int(cmd.get("skip", 0)), 0)
         limit = abs(int(cmd.get("limit", 0)))
         return {"n": min(n, limit) if limit else n, "ok": 1.0}
 
     def cmd_distinct(self, db: str, cmd: Doc, conn_id: int) -> Doc:
-        return {"values": self.coll(db, cmd["distinct"]).distinct(cmd["key"], cmd.get("query") or {}), "ok": 1.0}
+        coll = self.coll(db, cmd["distinct"])
+        self._plan(db, coll, cmd.get("query"), hint=cmd.get("hint"))
+        return {"values": coll.distinct(cmd["key"], cmd.get("query") or {}), "ok": 1.0}
 
     def cmd_aggregate(self, db: str, cmd: Doc, conn_id: int) -> Doc:
         name, pipeline = cmd["aggregate"], list(cmd.get("pipeline", []))
@@ -383,6 +440,7 @@ class Engine(Catalog):
             pipeline.pop(0)
         else:
             spec = first["$match"] if list(first) == ["$match"] else {}
+            self._plan(db, coll, *pushed_down(pipeline), cmd.get("hint"))
             docs = self._matching(coll, spec)
             pipeline = pipeline[1:] if spec else pipeline
             if pipeline[-1:] == [_COUNT_STAGE] and all(set(s) <= {"$skip", "$limit"} for s in pipeline[:-1]):
@@ -399,3 +457,11 @@ class Engine(Catalog):
                 cstore.__dict__.pop("_mrq_unique", None)  # written behind FastCollection's back
             docs = []
         return self._cursor_reply(f"{db}.{name}", docs, int((cmd.get("cursor") or {}).get("batchSize", DEFAULT_BATCH)))
+
+
+def _log_refusal(exc: BaseException, db: str, cmd: Any) -> None:
+    """One line on stderr for each refusal an operator would look for (codes 13, 18, 291)."""
+    code = getattr(exc, "code", None)
+    if code in _LOGGED_CODES:
+        shown = bson_text(cmd) if isinstance(cmd, dict) else repr(cmd)
+        print(f"mongo_server: refused (code {code}) on {db}: {shown[:2000]} :: {exc}", file=sys.stderr, flush=True)

@@ -1,11 +1,17 @@
 """A MongoDB-wire-protocol-compatible server for tests and demos. NOT for production.
 
 It keeps everything in memory (``mongomock_ng`` is the query/update engine) and has no
-authentication, persistence, replication or transactions. It exists because no real ``mongod``
-can be installed on the project's dev and CI machines, while every process of the project
-(workers, dashboard, CLI) must share one database through the real pymongo driver::
+persistence, replication or transactions. It exists because no real ``mongod`` can be installed
+on the project's dev and CI machines, while every process of the project (workers, dashboard,
+CLI) must share one database through the real pymongo driver::
 
-    python -m mrq.testing.mongo_server --port 27117 [--host 127.0.0.1]
+    python -m mrq.testing.mongo_server --port 27117 [--host 127.0.0.1] [--auth] [--notablescan]
+
+``--auth`` enforces access control as ``mongod --auth`` does (SCRAM-SHA-256/SHA-1 users, the
+built-in roles, the localhost exception: mongo_auth.py, mongo_privileges.py); ``--notablescan``
+refuses the queries no index serves, as ``mongod --setParameter notablescan=1`` does
+(mongo_planner.py). Both refuse with mongod's codes (13, 18, 291) so that a suite that passes
+here passes on MongoDB started the same way.
 
 The process prints nothing on success, is ready when its port accepts connections, and exits
 with status 0 on SIGTERM or SIGINT.
@@ -37,6 +43,7 @@ views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by th
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import itertools
 import signal
 import socket
@@ -144,6 +151,7 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         engine, conn_id = self.server.engine, next(self.server.engine.connection_ids)
+        engine.connect(conn_id, _is_loopback(self.client_address))
         with sock.makefile("rb") as reader:
             try:
                 while len(header := reader.read(16)) == 16:
@@ -157,6 +165,15 @@ class _Handler(socketserver.BaseRequestHandler):
                         sock.sendall(reply)
             except OSError:  # the client went away, or ConnectionAbortedError on an unknown opcode
                 return
+            finally:
+                engine.disconnect(conn_id)
+
+
+def _is_loopback(address: Any) -> bool:
+    try:
+        return ipaddress.ip_address(str(address[0])).is_loopback
+    except (ValueError, IndexError, TypeError):
+        return False
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -178,10 +195,10 @@ def _expire_forever(engine: Engine, stop: threading.Event) -> None:
             print(f"mongo_server: TTL pass failed: {exc!r}", file=sys.stderr)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, auth: bool = False, notablescan: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (signals are handled when called from the main thread)."""
     warnings.filterwarnings("ignore", module=r"mongomock_ng(\..*)?$")  # the engine's "no-op option" notes
-    engine, stop = Engine(), threading.Event()
+    engine, stop = Engine(auth=auth, notablescan=notablescan), threading.Event()
     server = _Server((host, port), engine)
     threading.Thread(target=_expire_forever, args=(engine, stop), name="ttl", daemon=True).start()
     if threading.current_thread() is threading.main_thread():
@@ -201,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--auth", action="store_true",
+                        help="enforce access control as mongod --auth (create the first user in admin from loopback)")
+    parser.add_argument("--notablescan", action="store_true",
+                        help="refuse queries no index serves, as mongod --setParameter notablescan=1 (code 291)")
     args = parser.parse_args(argv)
     try:
-        serve(args.host, args.port)
+        serve(args.host, args.port, auth=args.auth, notablescan=args.notablescan)
     except KeyboardInterrupt:
         return 0
     except (OSError, OverflowError) as exc:

@@ -5,15 +5,29 @@ persistence) and the Mongo test server on another free port, or a real MongoDB w
 `MRQ_TEST_MONGODB_URI` is set. Per test: a fresh Redis key prefix and a fresh MongoDB database,
 both removed afterwards, so tests never see each other's data and never touch anything else.
 
+Strict mode (`MRQ_TEST_MONGO_STRICT=1`): the session's test server runs with `--auth
+--notablescan`, and its first user, `root`, is created through the localhost exception;
+`mongodb_uri` and `mongo_client` carry root's credentials (the operator). For each test,
+`mrq_settings` creates a user with `readWrite` on the test's database only and puts it in
+`mongodb_jobs` (`authSource` that database), so that mrq code and the workers it starts run with
+the least privilege a deployment would give them, and creates mrq's indexes as root beforehand
+(`ensure_indexes`, what an operator runs once): a query no index serves fails (code 291) as on
+`mongod --setParameter notablescan=1`, an action readWrite does not grant fails (code 13). With a
+real MongoDB (`MRQ_TEST_MONGODB_URI`, started with `--auth` by you), strict mode needs a URI whose
+user may create users. `MRQ_TEST_MONGO_STRICT_ROLES` (comma-separated, default `readWrite`) gives
+the per-test user other built-in roles of its database, e.g. `readWrite,dbAdmin` to look past a
+known refusal at what comes after it. Without MRQ_TEST_MONGO_STRICT nothing changes.
+
 Enable with `-p mrq.testing.pytest_plugin` (this project does it in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pymongo
 import pytest
@@ -21,6 +35,7 @@ import pytest
 from mrq import current
 from mrq.config import Settings, load_settings
 from mrq.connections import Connections
+from mrq.storage.mongo import ensure_indexes
 from mrq.store import Store
 from mrq.testing.stack import MongoTestServer, RedisServer
 from mrq.testing.workers import WorkerProcess
@@ -30,6 +45,20 @@ from mrq.testing.workers import WorkerProcess
 PROJECT_ROOT = os.environ.get("MRQ_TEST_PROJECT_ROOT") or os.getcwd()
 
 REAL_MONGODB_ENV = "MRQ_TEST_MONGODB_URI"
+STRICT_ENV = "MRQ_TEST_MONGO_STRICT"
+STRICT_ROLES_ENV = "MRQ_TEST_MONGO_STRICT_ROLES"
+#: The operator of the strict test server (created through the localhost exception), per session.
+ROOT_USER, ROOT_PASSWORD = "root", secrets.token_hex(16)
+
+
+def strict_mode() -> bool:
+    """Whether MRQ_TEST_MONGO_STRICT asks for the strict MongoDB (access control, notablescan)."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def strict_roles() -> list[str]:
+    """The roles of the per-test user in strict mode (MRQ_TEST_MONGO_STRICT_ROLES, default readWrite)."""
+    return [role.strip() for role in os.environ.get(STRICT_ROLES_ENV, "readWrite").split(",") if role.strip()]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,6 +80,15 @@ def with_database(uri: str, db_name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + db_name, parts.query, ""))
 
 
+def with_user(uri: str, user: str, password: str, auth_source: str, db_name: str = "") -> str:
+    """The URI with these credentials (replacing any), ``authSource`` and database."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "authsource"] + [("authSource", auth_source)]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, "/" + db_name, urlencode(query), ""))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
@@ -64,8 +102,15 @@ def mongo_server() -> Iterator[MongoTestServer | None]:
     if os.environ.get(REAL_MONGODB_ENV):
         yield None
         return
-    server = MongoTestServer()
+    strict = strict_mode()
+    server = MongoTestServer(args=["--auth", "--notablescan"] if strict else [])
     server.start()
+    if strict:  # the first user, through the localhost exception, as an operator would create it
+        client: pymongo.MongoClient = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=10_000)
+        try:
+            client.admin.command("createUser", ROOT_USER, pwd=ROOT_PASSWORD, roles=["root"])
+        finally:
+            client.close()
     yield server
     server.close()
 
@@ -81,6 +126,8 @@ def mongodb_uri(mongo_server: MongoTestServer | None) -> str:
     if mongo_server is None:
         uri = os.environ[REAL_MONGODB_ENV]
         return with_database(uri, "")
+    if strict_mode():
+        return with_user(mongo_server.uri, ROOT_USER, ROOT_PASSWORD, "admin")
     return mongo_server.uri
 
 
@@ -112,9 +159,18 @@ def _drop_database(client: pymongo.MongoClient, name: str) -> None:
 
 @pytest.fixture
 def mrq_settings(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoClient) -> Iterator[Settings]:
-    """Settings pointing at the test servers, with a unique Redis prefix and jobs database."""
+    """Settings pointing at the test servers, with a unique Redis prefix and jobs database. In
+    strict mode, `mongodb_jobs` names a user with readWrite on that database only, and the
+    database has mrq's indexes."""
     prefix = _unique("t")
     db_name = _unique("mrqtest_")
+    jobs_uri = with_database(mongodb_uri, db_name)
+    strict = strict_mode()
+    if strict:
+        user, password = f"mrq_{db_name}", secrets.token_hex(12)
+        mongo_client[db_name].command("createUser", user, pwd=password, roles=strict_roles())
+        jobs_uri = with_user(mongodb_uri, user, password, db_name, db_name)
+        ensure_indexes(mongo_client[db_name], mongo_client[db_name])  # as root, before anything runs
     settings, _ = load_settings(
         [],
         env={},
@@ -122,7 +178,7 @@ def mrq_settings(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoCl
         overrides={
             "redis": redis_url,
             "redis_prefix": prefix,
-            "mongodb_jobs": with_database(mongodb_uri, db_name),
+            "mongodb_jobs": jobs_uri,
             "mongodb_logs": "1",
             "redis_timeout": 5.0,
             "mongodb_timeout": 5.0,
@@ -130,7 +186,16 @@ def mrq_settings(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoCl
     )
     yield settings
     _drop_database(mongo_client, db_name)
+    if strict:
+        _drop_user(mongo_client, db_name, f"mrq_{db_name}")
     _delete_prefix(redis_url, prefix)
+
+
+def _drop_user(client: pymongo.MongoClient, db_name: str, user: str) -> None:
+    try:
+        client[db_name].command("dropUser", user)
+    except pymongo.errors.PyMongoError:
+        pass  # the server may be down after a fault test
 
 
 def _delete_prefix(redis_url: str, prefix: str) -> None:

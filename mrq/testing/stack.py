@@ -190,12 +190,17 @@ class RedisServer(ServerProcess):
 
 
 class MongoTestServer(ServerProcess):
-    """The project's MongoDB-wire-compatible in-memory server (mrq.testing.mongo_server)."""
+    """The project's MongoDB-wire-compatible in-memory server (mrq.testing.mongo_server); `args`
+    are more options, e.g. `["--auth", "--notablescan"]`."""
 
     name = "mongo"
 
+    def __init__(self, port: int | None = None, workdir: str | None = None, args: Sequence[str] = ()) -> None:
+        super().__init__(port, workdir)
+        self.args = list(args)
+
     def command(self) -> Sequence[str]:
-        return [sys.executable, "-m", "mrq.testing.mongo_server", "--port", str(self.port)]
+        return [sys.executable, "-m", "mrq.testing.mongo_server", "--port", str(self.port), *self.args]
 
     @property
     def uri(self) -> str:
