@@ -93,6 +93,9 @@ def one_line(text: str, limit: int = 300) -> str:
 def unavailable_message(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, StoreUnavailable):
         return one_line(str(exc))
+    if isinstance(exc, pymongo.errors.OperationFailure) and not isinstance(exc, pymongo.errors.ExecutionTimeout):
+        detail = one_line(str(exc))
+        return "MongoDB refused the request: " + redact_text(detail, settings.mongodb_jobs, settings.mongodb_logs)
     if isinstance(exc, pymongo.errors.PyMongoError):
         detail = one_line(str(exc)).split(", Timeout:")[0]
         return "MongoDB is unreachable: " + redact_text(detail, settings.mongodb_jobs, settings.mongodb_logs)

@@ -53,14 +53,14 @@ def test_kill_9_mid_job_loses_nothing(store: Store, worker_factory: Any) -> None
     killed_at = time.monotonic()
     victim.wait(10)
     worker_factory("--greenlets", "30", env=FAST_LEASE)
-    wait_until(lambda: count(store, recoveries=1) == 20, 30, message="20 jobs recovered")
+    wait_until(lambda: count(store, _id={"$in": ids}, recoveries=1) == 20, 30, message="20 jobs recovered")
     recovery_seconds = time.monotonic() - killed_at
     print(f"\nrecovery of 20 jobs after kill -9: {recovery_seconds:.1f}s (lease 2s)")
     assert recovery_seconds < 15
     wait_all(store, ids)
     runs = executions(store)
     assert len(runs) == 30
-    recovered = {d["_id"] for d in store.jobs.find({"recoveries": 1})}
+    recovered = {d["_id"] for d in store.jobs.find({"_id": {"$in": ids}, "recoveries": 1})}
     # the 20 killed mid-run ran twice (the crash explains it), the 10 queued ones once
     assert {job_id for job_id, n in runs.items() if n == 2} == recovered
     assert sum(runs.values()) == 30 + 20

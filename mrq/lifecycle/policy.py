@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -58,11 +59,34 @@ def reason_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_last_privilege_error = 0.0
+
+
+def _unauthorized(exc: BaseException) -> bool:
+    global _last_privilege_error
+    if isinstance(exc, pymongo.errors.OperationFailure) and exc.code in WAIT_CODES:
+        if time.monotonic() - _last_privilege_error < 60:
+            return True
+        _last_privilege_error = time.monotonic()
+        log.error("MongoDB refused %s: %s. mrq's user needs readWrite on its jobs and logs databases "
+                  "(docs/deployment.md, Least privilege); waiting for the privilege to be granted", what_of(exc),
+                  reason_of(exc))
+        return True
+    return waits_for(exc)
+
+
+def what_of(exc: BaseException) -> str:
+    return "access (wrong credentials)" if getattr(exc, "code", None) == 18 else "a command (missing privilege)"
+
+
 def write(operation: Callable[[], T], what: str, *, maximum: float = 5.0,
           give_up: Callable[[], bool] = lambda: False) -> T:
-    """Run a MongoDB (or Redis) write through outages; raise `Refused` when the server refuses it."""
+    """Run a MongoDB (or Redis) write through outages; raise `Refused` when the server refuses it.
+    A missing privilege is waited for too (an operator fixes roles; the job is not at fault), with
+    an error line that names the refused command."""
     try:
-        return retry_through_outage(operation, what, log, maximum=maximum, give_up=give_up, waits_for=waits_for)
+        return retry_through_outage(operation, what, log, maximum=maximum, give_up=give_up,
+                                    waits_for=_unauthorized)
     except Exception as exc:
         if is_refusal(exc):
             raise Refused(reason_of(exc)) from exc

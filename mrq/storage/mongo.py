@@ -58,11 +58,17 @@ INDEXES: dict[str, list[Index]] = {
     ],
     WORKERS: [
         Index([("status", ASCENDING)], "status"),
+        # The dashboard's jobs filter by worker name.
+        Index([("name", ASCENDING)], "name"),
         # Reports of workers gone for a week disappear.
         Index([("datereported", ASCENDING)], "ttl_datereported", {"expireAfterSeconds": 7 * 24 * 3600}),
     ],
     SCHEDULED_JOBS: [
         Index([("hash", ASCENDING)], "hash_unique", {"unique": True}),
+    ],
+    QUEUES: [
+        # Reconciliation restores the paused queues after Redis lost its data.
+        Index([("paused", ASCENDING)], "paused"),
     ],
     ACTIONS: [
         # The audit log is read newest first by _id; entries go after 90 days.

@@ -89,15 +89,23 @@ class Housekeeping:
         worker = self.worker
         interval = max(0.5, min(worker.settings.worker_lease / 3.0, 5.0))
         while True:
+            # Three independent steps: one failing (a store error, a refused query) never stops the others.
             try:
                 if worker.lease is not None and worker.lease.reregistered:
                     worker.lease.reregistered = False
                     worker.restore_running_sets()
+            except Exception as exc:
+                worker.lease.reregistered = True  # type: ignore[union-attr]  # try again next time
+                log.warning("putting this worker's running ids back failed (%s); will retry", exc)
+            try:
                 self.reconciler.check()
+            except Exception as exc:
+                log.warning("reconciling Redis with MongoDB failed (%s); will retry", exc)
+            try:
                 worker.recovered_jobs += recovery.recover_expired(worker.store, worker.id,
                                                                   worker.settings.max_recoveries)
             except Exception as exc:
-                log.warning("recovering dead workers' jobs or reconciling Redis failed (%s); will retry", exc)
+                log.warning("recovering dead workers' jobs failed (%s); will retry", exc)
             gevent.sleep(interval)
 
     # --- report, paused queues, scheduler --------------------------------------------------------------
