@@ -118,7 +118,7 @@ def test_reconciliation_is_retried_until_mongodb_answers_and_restores_paused_que
     resume_queue(store, "held")
     wait_status(store, ids, "success")
     assert sum(executions(store).values()) == 40
-    assert "reconciling Redis failed" in worker.output()  # it was tried while MongoDB hung, then again
+    assert "reconciling Redis with MongoDB failed" in worker.output()  # tried while MongoDB hung, then again
 
 
 def test_a_failover_that_lost_recent_writes_is_reconciled(own_stores: Settings, own_redis: RedisServer,
