@@ -6,10 +6,11 @@ writes), jobs MongoDB says are waiting may be in no Redis structure, and paused 
 silently resume. Every worker checks every few seconds whether the Redis server it talks to is
 the one MongoDB was last reconciled with: the `<p>:epoch` key holds that server's identity (its
 `run_id`s; a restart or a failover changes them). When the key is missing or names another
-server, one worker (holding `<p>:reconciling`) runs a complete pass: waiting jobs put back
-(maintenance.requeue_lost_jobs), paused flags restored from MongoDB (first). The epoch is written only
-after the pass completes; a pass that fails (MongoDB unreachable...) is simply tried again at
-the next check, by whichever worker gets there first.
+server, one worker (holding `<p>:reconciling`) runs a complete pass (the steps are in
+Reconciler's docstring): paused flags restored from MongoDB, waiting jobs put back
+(maintenance.requeue_lost_jobs), `started` jobs of workers that died meanwhile taken back. The
+epoch is written only after the pass completes; a step that fails (MongoDB unreachable...) is
+simply tried again at the next check, by whichever worker gets there first.
 """
 
 from __future__ import annotations
@@ -51,27 +52,43 @@ def server_identity(client: Any) -> str:
 
 
 class Reconciler:
-    """Two phases, one worker at a time (the lock), the epoch written only after both:
+    """One worker at a time (the lock), the epoch written only once every step is done:
 
-    1. paused flags, then the waiting jobs that no Redis structure holds;
-    2. `worker_lease` + 1 s later (every live worker has re-registered its lease by then, and put
-       its running ids back): the `started` jobs whose worker has no lease. Their worker died in
-       the window where Redis lost the lease that recovery would have found.
+    1. at once: the paused flags, then the waiting jobs no Redis structure holds that were queued
+       more than `redis_timeout` + 1 s ago (younger ones may be on their way: their producer
+       pushes their ids, or deletes them, within `redis_timeout`);
+    2. that long later: the same for the jobs that were too young then;
+    3. `worker_lease` + 1 s after step 1 (every live worker has re-registered its lease by then,
+       and put its running ids back): the `started` jobs whose worker has no lease. Their worker
+       died in the window where Redis lost the lease that recovery would have found.
+
+    The lock is the canary of a new data loss during the waits: when it is gone, start over.
     """
 
     def __init__(self, store: Store, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
         self.passes = 0
-        self._phase_two_at: float | None = None
+        self._due: dict[str, float] = {}  # the steps left, and when they are due (monotonic)
         self._identity = ""
+
+    @property
+    def _young(self) -> float:
+        """Seconds a producer may still be pushing a job it queued (then: pushed or deleted)."""
+        return self.store.settings.redis_timeout + 1.0
+
+    @property
+    def _op_timeout(self) -> float:
+        """Each MongoDB query of a step gives up after this rather than waiting out an outage (the
+        workers' patience): the step is tried again at the next check."""
+        return 2 * self.store.settings.mongodb_timeout
 
     def check(self) -> bool:
         """Reconcile if Redis is not the server MongoDB was last reconciled with. True when this
-        call completed a reconciliation. Raises what a phase raised (the next check tries again)."""
+        call completed a reconciliation. Raises what a step raised (the next check tries again)."""
         keys, client = self.store.keys, self.store.redis
-        if self._phase_two_at is not None:
-            return self._phase_two()
+        if self._due:
+            return self._later_steps()
         identity = server_identity(client)
         recorded = client.get(keys.epoch)
         if recorded is not None and strings([recorded])[0] == identity:
@@ -82,12 +99,10 @@ class Reconciler:
             "Redis runs another server than at the last reconciliation (a restart or a failover)"
         log.info("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
         try:
-            # Each MongoDB query gives up after a few seconds rather than waiting out an outage (the
-            # workers' patience): the phase is then tried again at the next check.
-            op_timeout = 2 * self.store.settings.mongodb_timeout
-            with pymongo.timeout(op_timeout):  # paused first: no job of a paused queue starts meanwhile
+            with pymongo.timeout(self._op_timeout):  # paused first: no job of a paused queue starts meanwhile
                 paused = restore_paused(self.store)
-            counts = requeue_lost_jobs(self.store, min_age=0, op_timeout=op_timeout, extend=self._extend)
+            counts = requeue_lost_jobs(self.store, min_age=self._young, op_timeout=self._op_timeout,
+                                       extend=self._extend)
         except BaseException:
             self._release()
             raise
@@ -95,27 +110,35 @@ class Reconciler:
             log.warning("reconciled Redis with MongoDB: %d queued and %d delayed jobs put back, %d paused queues "
                         "(%s)", counts["queued"], counts["delayed"], len(paused), why)
         self._identity = identity
-        grace = self.store.settings.worker_lease + 1.0
-        self._phase_two_at = time.monotonic() + grace
-        client.expire(keys.reconcile_lock, int(grace) + LOCK_SECONDS)
+        now = time.monotonic()
+        self._due = {"young": now + self._young, "started": now + self.store.settings.worker_lease + 1.0}
+        client.expire(keys.reconcile_lock, int(max(self._due.values()) - now) + LOCK_SECONDS)
         return False
 
-    def _phase_two(self) -> bool:
-        assert self._phase_two_at is not None
+    def _later_steps(self) -> bool:
         if not self._still_held():
             # Our lock is gone: Redis lost data again (or restarted) during the wait. Leases may be
-            # missing again: start over, from the first phase.
+            # missing again: start over, from the first step.
             log.info("Redis lost data again while reconciling: starting over")
-            self._phase_two_at = None
+            self._due = {}
             return False
-        if time.monotonic() < self._phase_two_at:
+        now = time.monotonic()
+        if "young" in self._due and now >= self._due["young"]:
+            counts = requeue_lost_jobs(self.store, min_age=self._young, op_timeout=self._op_timeout,
+                                       extend=self._extend)
+            if counts["queued"] or counts["delayed"]:
+                log.warning("reconciled Redis with MongoDB: %d queued and %d delayed jobs put back (queued while "
+                            "Redis lost its data)", counts["queued"], counts["delayed"])
+            del self._due["young"]
+        if "started" in self._due and now >= self._due["started"]:
+            orphans = requeue_started_jobs(self.store, timeout=None, op_timeout=self._op_timeout)
+            if orphans:
+                log.warning("reconciled Redis with MongoDB: %d started jobs of workers that died while Redis lost "
+                            "their leases were queued again (they may have run partly)", orphans)
+            del self._due["started"]
+        if self._due:
             return False
-        orphans = requeue_started_jobs(self.store, timeout=None, op_timeout=2 * self.store.settings.mongodb_timeout)
-        if orphans:
-            log.warning("reconciled Redis with MongoDB: %d started jobs of workers that died while Redis lost "
-                        "their leases were queued again (they may have run partly)", orphans)
         self.store.redis.set(self.store.keys.epoch, self._identity)
-        self._phase_two_at = None
         self._release()
         self.passes += 1
         return True

@@ -91,7 +91,8 @@ def test_a_read_only_dashboard_runs_as_a_read_only_acl_user(mrq_settings: Settin
         worker_factory("--greenlets", "2", "other", settings=writer)
         viewer = mrq_settings.replace(redis=f"redis://viewer:{PASSWORD}@127.0.0.1:{acl_redis.port}/0",
                                       dashboard_readonly=True)
-        client = create_app(viewer, cache_seconds=0).test_client(use_cookies=False)
+        app = create_app(viewer, cache_seconds=0)
+        client = app.test_client(use_cookies=False)
         for url in ("/", "/workers", "/jobs", "/api/overview", "/api/queues", "/api/workers", "/metrics"):
             response = client.get(url)
             assert response.status_code == 200, (url, response.data[:300])
@@ -101,5 +102,6 @@ def test_a_read_only_dashboard_runs_as_a_read_only_acl_user(mrq_settings: Settin
         with pytest.raises(redis.exceptions.NoPermissionError):
             redis.Redis.from_url(viewer.redis).rpush(f"{prefix}:x", "1")  # the viewer cannot write
         assert store.jobs.count_documents({}) == 3
+        app.extensions["mrq"].store.close()
     finally:
         current.reset()
