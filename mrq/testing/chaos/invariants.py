@@ -59,6 +59,7 @@ class Evidence:
     lost_replies: list[float] = field(default_factory=list)  # Redis partitioned / frozen: commands run, replies lost
     kills: list[float] = field(default_factory=list)  # kill -9 of a worker process
     workers: dict[str, tuple[str, int]] = field(default_factory=dict)  # worker id -> (slot, pid)
+    reports: dict[str, str] = field(default_factory=dict)  # worker id -> its last report (status, running jobs)
     signals: dict[int, list[str]] = field(default_factory=dict)  # pid -> signals it got, with times
     unexited: list[str] = field(default_factory=list)  # workers still running long after SIGTERM/SIGINT
     samples: int = 0  # status samples taken (invariant d)
@@ -118,7 +119,8 @@ def explain_job(ev: Evidence, job_id: str) -> str:
             slot, pid = ev.workers.get(worker, ("?", 0))
             alive = "live" if worker in ev.live_workers else "dead/no lease"
             got = "; ".join(ev.signals.get(pid, [])) or "no signal"
-            parts.append(f"worker {worker} ({slot} pid {pid}, {alive}, {got})")
+            parts.append(f"worker {worker} ({slot} pid {pid}, {alive}, {got}; report: "
+                         f"{ev.reports.get(worker, 'none')})")
         history = [f"{h.get('status')}/{h.get('exceptiontype')}" for h in doc.get("traceback_history") or []]
         if history:
             parts.append("history " + " ".join(history))

@@ -320,6 +320,9 @@ class Run:
                   "worker": 1, "exceptiontype": 1, "traceback_history.status": 1,
                   "traceback_history.exceptiontype": 1, "path": 1}
         ev.docs = {str(doc["_id"]): doc for doc in store.jobs.find({}, fields)}
+        for report in store.workers.find({}, {"status": 1, "jobs": 1, "datereported": 1}):
+            jobs = {str(job.get("id")): job.get("elapsed") for job in report.get("jobs") or [] if isinstance(job, dict)}
+            ev.reports[str(report["_id"])] = f"status {report.get('status')}, running {jobs or 'nothing'}"
         ledger = redis.Redis.from_url(self.cluster.ledger_url, socket_timeout=10)
         try:
             for pattern, target in (("x:*", ev.executions), ("r:*", ev.raw_executions)):
