@@ -85,8 +85,3 @@ def set_current_job(job: Any, greenlet: Any = None) -> None:
 
 def get_current_job(greenlet: Any = None) -> Any:
     return _jobs.get(greenlet or getcurrent())
-
-
-def get_current_job_of(greenlet: Any) -> Any:
-    """The job a given greenlet runs, or None (safe to call from another thread)."""
-    return _jobs.get(greenlet)

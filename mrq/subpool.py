@@ -15,21 +15,27 @@ from greenlet import getcurrent
 from . import current
 
 
-def _bind(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    job = current.get_current_job()
-    parent = getcurrent()
+class _Bound:
+    """`func` bound to the job of the greenlet that made the subpool: called in each subpool
+    greenlet, it attaches that greenlet to the job for as long as it runs."""
 
-    def run(item: Any) -> Any:
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.job = current.get_current_job()
+        self.parent = getcurrent()
+
+    def __call__(self, item: Any) -> Any:
         me = getcurrent()
+        job = self.job
         if job is not None:
             current.set_current_job(job, me)
             register = getattr(job, "add_greenlet", None)
             if register is not None:
                 register(me)
         try:
-            return func(item)
+            return self.func(item)
         except BaseException as exc:
-            exc.subpool_parent = parent  # type: ignore[attr-defined]
+            exc.subpool_parent = self.parent  # type: ignore[attr-defined]
             raise
         finally:
             if job is not None:
@@ -38,7 +44,14 @@ def _bind(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 if unregister is not None:
                     unregister(me)
 
-    return run
+
+def _bind(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return _Bound(func)
+
+
+#: The code of a subpool greenlet's entry frame (`self.job` there is its job): how the worker's
+#: watchdog, reading frames from another thread, knows which job a subpool greenlet works for.
+ENTRY_CODE = _Bound.__call__.__code__
 
 
 def subpool_map(pool_size: int, func: Callable[[Any], Any], iterable: Iterable[Any]) -> list[Any]:

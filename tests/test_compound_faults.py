@@ -192,6 +192,16 @@ def test_a_cpu_bound_task_past_its_timeout_ends_timeout_and_the_worker_goes_on(
     assert worker.running
 
 
+def test_a_subpool_greenlet_spinning_past_the_timeout_ends_its_job(store: Store, worker_factory: Any) -> None:
+    tasks = {"tests.tasks.runaway.SpinInSubpool": {"timeout": 1}}
+    job_id = queue_job("tests.tasks.runaway.SpinInSubpool", {})
+    worker = worker_factory("--greenlets", "2", env={**FAST, "MRQ_TASKS": json.dumps(tasks)})
+    wait_status(store, [job_id], "timeout", timeout=20)
+    after = queue_job("tests.tasks.general.Add", {"a": 1, "b": 2})
+    wait_status(store, [after], "success")
+    assert worker.running
+
+
 def test_a_task_swallowing_its_interrupt_makes_the_worker_exit_and_is_recovered(
         store: Store, worker_factory: Any) -> None:
     tasks = {"tests.tasks.runaway.SpinSwallowingEverything": {"timeout": 1}}

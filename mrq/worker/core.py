@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 import gevent
@@ -29,7 +30,7 @@ import gevent.pool
 from bson import ObjectId
 from greenlet import getcurrent
 
-from .. import current, maintenance
+from .. import current, maintenance, subpool
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..clock import utcnow
 from ..config import Settings
@@ -149,7 +150,7 @@ class Worker:
             self.admin = AdminServer(self, self.settings.admin_ip, self.settings.admin_port, self.settings.admin_token)
             self.admin.start()
         if self.install_signal_handlers():
-            self.watchdog = Watchdog(current.get_current_job_of, self.settings.worker_lease)
+            self.watchdog = Watchdog(job_in_frames, current.get_current_job, self.settings.worker_lease)
             self.watchdog.start()
         self.store.connections.check()
         if self.settings.ensure_indexes:
@@ -461,3 +462,20 @@ class Worker:
                                           upsert=True)
         except Exception as exc:
             log.debug("writing the worker report failed: %s", exc)
+
+
+def job_in_frames(frame: FrameType | None) -> RunningJob | None:
+    """The job whose greenlet owns a stack (read from another thread: the watchdog): the frames
+    are walked up to a job greenlet's entry, `Worker.perform` or a subpool greenlet's."""
+    while frame is not None:
+        if frame.f_code is _PERFORM_CODE:
+            job = frame.f_locals.get("job")
+            return job if isinstance(job, RunningJob) else None
+        if frame.f_code is subpool.ENTRY_CODE:
+            job = getattr(frame.f_locals.get("self"), "job", None)
+            return job if isinstance(job, RunningJob) else None
+        frame = frame.f_back
+    return None
+
+
+_PERFORM_CODE = Worker.perform.__code__

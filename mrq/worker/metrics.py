@@ -67,11 +67,11 @@ class _LiveCollector(Collector):
         lease.add_metric([], worker.lease.lost if worker.lease else 0)
         yield lease
         watchdog = worker.watchdog
-        blocked = CounterMetricFamily("mrq_hub_blocked_seconds", "Time job greenlets kept the CPU without yielding "
-                                      "(stretches of 0.1 s or more): the event loop ran nothing else meanwhile.")
+        blocked = CounterMetricFamily("mrq_hub_blocked_seconds", "Time the event loop was blocked (stretches of 0.1 s "
+                                      "or more): code that kept the CPU without yielding, a job's or the worker's.")
         blocked.add_metric([], watchdog.blocked_seconds if watchdog else 0.0)
         yield blocked
-        blocks = CounterMetricFamily("mrq_hub_blocks", "Stretches of 0.1 s or more a job greenlet kept the CPU.")
+        blocks = CounterMetricFamily("mrq_hub_blocks", "Stretches of 0.1 s or more the event loop was blocked.")
         blocks.add_metric([], watchdog.blocked_count if watchdog else 0)
         yield blocks
         longest = GaugeMetricFamily("mrq_hub_longest_block_seconds", "The longest such stretch so far.")

@@ -4,16 +4,17 @@ A job's timeout is a gevent timer, and a timer fires only when the hub runs: a t
 pure Python (or blocked in a call gevent did not patch) would run past its deadline forever,
 while the lease thread kept it alive. So:
 
-1. Every greenlet switch is noted (greenlet.settrace: which greenlet got the CPU, and when). The
-   time a greenlet kept the CPU is added to the hub-blocked counters (worker metrics).
-2. A native OS thread looks every TICK seconds. When the greenlet on the CPU belongs to a job
-   that is past its deadline and has not yielded for BLOCKED seconds, it marks the job timed out
-   and sends SIGUSR2 to the main thread. The handler runs in that very greenlet (it checks) and
-   raises the job's TimeoutInterrupt there (a BaseException: `except Exception` in the task does
-   not swallow it), logging the stack where it was. The job ends `timeout`; the worker goes on.
-3. If the greenlet still holds the CPU HARD_GRACE seconds later (a task that catches every
-   exception in a loop), the thread logs every stack and exits the process hard (os._exit): the
-   lease expires, the job is recovered elsewhere and poison-job counting applies.
+1. A hub timer ticks every HUB_TICK seconds. A tick that comes late measures how long the hub was
+   blocked (the worker metrics' hub-blocked counters). Nothing runs per greenlet switch.
+2. A native OS thread looks every TICK seconds. When the hub has not ticked for BLOCKED seconds,
+   it reads the main thread's stack (`sys._current_frames`) to find the job running there; when
+   that job is past its deadline it marks it timed out and sends SIGUSR2 to the main thread. The
+   handler runs in the blocking greenlet itself, checks that it belongs to that job, and raises
+   the job's TimeoutInterrupt there (a BaseException: `except Exception` in the task does not
+   swallow it), logging the stack where it was. The job ends `timeout`; the worker goes on.
+3. If the hub still has not run HARD_GRACE seconds later (a task that catches every exception in
+   a loop), the thread logs every stack and exits the process hard (os._exit): the lease
+   expires, the job is recovered elsewhere and poison-job counting applies.
 4. C code that holds the GIL stops every Python thread, this one and the lease's included: a
    dead man's switch (faulthandler, a C thread) that this thread re-arms every TICK exits the
    process when it has not been re-armed for `deadman` seconds (60 % of the lease, so the
@@ -30,9 +31,10 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
-import greenlet
+import gevent
 
 from ..exceptions import TimeoutInterrupt
 from .lease import _original
@@ -40,28 +42,30 @@ from .lease import _original
 log = logging.getLogger("mrq.worker")
 
 TICK = 0.25
-#: A job past its deadline is interrupted once its greenlet has kept the CPU this long.
+HUB_TICK = 0.1
+#: A job past its deadline is interrupted once the hub has not run for this long.
 BLOCKED = 0.5
-#: After the interrupt, how long the greenlet may still keep the CPU before the process exits.
+#: After the interrupt, how long the hub may still not run before the process exits.
 HARD_GRACE = 5.0
-#: A greenlet keeping the CPU at least this long counts in the hub-blocked metrics.
+#: A hub tick this late (beyond its period) counts in the hub-blocked metrics.
 REPORT_BLOCK = 0.1
 EXIT_RUNAWAY = 4
 
 
 class Watchdog:
-    def __init__(self, job_of: Callable[[Any], Any], lease_seconds: float) -> None:
-        self.job_of = job_of  # greenlet -> the job it runs (or None)
+    def __init__(self, job_in_frames: Callable[[FrameType | None], Any], current_job: Callable[[], Any],
+                 lease_seconds: float) -> None:
+        self.job_in_frames = job_in_frames  # the main thread's top frame -> the job running there, or None
+        self.current_job = current_job  # in the main thread: the job of the running greenlet
         self.deadman = max(1.0, 0.6 * lease_seconds)
-        self.on_cpu: Any = None
-        self.since = time.monotonic()
-        self.blocked_seconds = 0.0  # total time greenlets kept the CPU >= REPORT_BLOCK at once
+        self.last_tick = time.monotonic()
+        self.blocked_seconds = 0.0  # total time the hub was blocked >= REPORT_BLOCK at once
         self.blocked_count = 0
         self.longest_block = 0.0
         self.interrupts = 0
-        self._target: tuple[Any, Any] | None = None
+        self._target: Any = None
         self._signalled_at = 0.0
-        self._previous_trace: Any = None
+        self._timer: Any = None
         # The OS thread's id (threading's is a greenlet's under gevent's monkey-patching); built in
         # the main thread, which is where jobs run and where the signal must go.
         self._main_ident: int = _original("_thread", "get_ident")()
@@ -72,7 +76,8 @@ class Watchdog:
 
     def start(self) -> None:
         signal.signal(signal.SIGUSR2, self._on_signal)
-        self._previous_trace = greenlet.settrace(self._trace)
+        self._timer = gevent.get_hub().loop.timer(HUB_TICK, HUB_TICK)
+        self._timer.start(self._tick)
         self._stop.acquire()
         self._running = True
         _original("_thread", "start_new_thread")(self._run, ())
@@ -82,31 +87,28 @@ class Watchdog:
             return
         self._running = False
         self._stop.release()
+        if self._timer is not None:
+            self._timer.close()
         faulthandler.cancel_dump_traceback_later()
 
-    def _trace(self, event: str, args: Any) -> None:
-        if event in ("switch", "throw"):
-            now = time.monotonic()
-            held = now - self.since
-            if held >= REPORT_BLOCK and self.on_cpu is not None and self.job_of(self.on_cpu) is not None:
-                self.blocked_seconds += held
-                self.blocked_count += 1
-                self.longest_block = max(self.longest_block, held)
-            self.on_cpu = args[1]
-            self.since = now
-        if self._previous_trace is not None:
-            self._previous_trace(event, args)
+    def _tick(self) -> None:
+        now = time.monotonic()
+        late = now - self.last_tick - HUB_TICK
+        if late >= REPORT_BLOCK:
+            self.blocked_seconds += late
+            self.blocked_count += 1
+            self.longest_block = max(self.longest_block, late)
+        self.last_tick = now
 
     def _on_signal(self, _signum: int, frame: Any) -> None:
         target = self._target
-        if target is None or greenlet.getcurrent() is not target[0]:
-            return  # it yielded meanwhile: its gevent timer ends it
-        job = target[1]
+        if target is None or self.current_job() is not target:
+            return  # the job yielded meanwhile (its gevent timer ends it), or this is another greenlet
         stack = "".join(traceback.format_stack(frame)[-12:])
         log.error("job %s (%s) kept the CPU past its timeout of %gs without yielding: interrupting it where it "
-                  "was:\n%s", job.id, job.path, job.settings.timeout, stack)
-        raise TimeoutInterrupt(f"job exceeded its timeout of {job.settings.timeout:g}s (it never yielded: stopped "
-                               "by the worker's watchdog)")
+                  "was:\n%s", target.id, target.path, target.settings.timeout, stack)
+        raise TimeoutInterrupt(f"job exceeded its timeout of {target.settings.timeout:g}s (it never yielded: "
+                               "stopped by the worker's watchdog)")
 
     # --- the watchdog thread -----------------------------------------------------------------------
 
@@ -122,15 +124,17 @@ class Watchdog:
         faulthandler.cancel_dump_traceback_later()
 
     def _look(self) -> None:
-        on_cpu, since = self.on_cpu, self.since
         now = time.monotonic()
-        job = self.job_of(on_cpu) if on_cpu is not None else None
-        if job is None or now - since < BLOCKED or now < job.deadline:
+        if now - self.last_tick < BLOCKED:
             self._target = None
             return
-        if self._target is None or self._target[0] is not on_cpu:
+        job = self.job_in_frames(sys._current_frames().get(self._main_ident))
+        if job is None or now < job.deadline:
+            self._target = None
+            return
+        if self._target is not job:
             job.timed_out = True
-            self._target = (on_cpu, job)
+            self._target = job
             self._signalled_at = now
             self.interrupts += 1
             signal.pthread_kill(self._main_ident, signal.SIGUSR2)

@@ -66,3 +66,19 @@ class RunsOfJob(Task):
         connections.mongodb_jobs.runs.update_one({"_id": get_current_job().id}, {"$inc": {"n": 1}}, upsert=True)
         time.sleep(params.get("seconds", 0))
         return "ran"
+
+
+def _spin_item(seconds):
+    end = None if seconds is None else time.monotonic() + seconds
+    while end is None or time.monotonic() < end:
+        pass
+    return seconds
+
+
+class SpinInSubpool(Task):
+    """One greenlet of a subpool spins forever without yielding."""
+
+    def run(self, params):
+        from mrq.context import subpool_map
+
+        return subpool_map(2, _spin_item, [0.01, None])
