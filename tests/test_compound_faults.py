@@ -112,7 +112,10 @@ def test_reconciliation_is_retried_until_mongodb_answers_and_restores_paused_que
     finally:
         own_mongo.thaw()
     queue = RegularQueue("held", store)
-    wait_until(lambda: queue.size() == 40, 30, message="40 ids put back")
+    try:
+        wait_until(lambda: queue.size() == 40, 60, message="40 ids put back")
+    except TimeoutError:
+        raise AssertionError(f"{queue.size()} ids put back; worker output:\n{worker.output()[-4000:]}") from None
     assert paused_queues(store) == {"held"}  # still paused: nothing ran while Redis had forgotten it
     assert store.jobs.count_documents({"status": "queued"}) == 40
     resume_queue(store, "held")
