@@ -25,6 +25,7 @@ import redis.exceptions
 from .connections import is_cluster
 from .maintenance import requeue_lost_jobs, requeue_started_jobs
 from .queue import restore_paused
+from .storage.leases import Leases
 from .store import Store, strings
 
 log = logging.getLogger("mrq.reconcile")
@@ -144,15 +145,20 @@ class Reconciler:
         return True
 
     def _acquire(self) -> bool:
-        """Take the lock, or keep it: a pass that failed after its release failed too (Redis
-        unreachable) is tried again by the same worker, not after the lock expires."""
-        client, key = self.store.redis, self.store.keys.reconcile_lock
-        if client.set(key, self.worker_id, nx=True, ex=LOCK_SECONDS):
+        """Take the lock: free, already ours (a pass that failed after its release failed too), or
+        held by a worker whose lease is gone (it died holding it: others need not wait for the
+        lock to expire)."""
+        scripts, key = self.store.scripts, self.store.keys.reconcile_lock
+        if scripts.lock(keys=[key], args=["acquire", self.worker_id, LOCK_SECONDS, ""]):
             return True
-        if client.get(key) == self.worker_id.encode():
-            client.expire(key, LOCK_SECONDS)
-            return True
-        return False
+        holder = self.store.redis.get(key)
+        if holder is None:
+            return False
+        holder_id = strings([holder])[0]
+        if holder_id in Leases(self.store.redis, self.store.keys).alive():
+            return False
+        log.info("the worker reconciling Redis (%s) is gone: taking over", holder_id)
+        return bool(scripts.lock(keys=[key], args=["acquire", self.worker_id, LOCK_SECONDS, holder_id]))
 
     def _still_held(self) -> bool:
         """The lock is still ours, on the same server (and extended): the canary of a data loss."""
@@ -167,10 +173,8 @@ class Reconciler:
         self.store.redis.expire(self.store.keys.reconcile_lock, LOCK_SECONDS)
 
     def _release(self) -> None:
-        """Best effort: a lock left behind expires, and its holder takes it again first."""
-        client = self.store.redis
+        """Best effort: a lock left behind expires, or is taken over once its holder's lease is gone."""
         try:
-            if client.get(self.store.keys.reconcile_lock) == self.worker_id.encode():
-                client.delete(self.store.keys.reconcile_lock)
+            self.store.scripts.lock(keys=[self.store.keys.reconcile_lock], args=["release", self.worker_id])
         except Exception as exc:
             log.debug("releasing the reconciliation lock failed: %s", exc)

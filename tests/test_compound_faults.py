@@ -411,3 +411,27 @@ def test_queueing_an_id_again_pushes_a_job_an_earlier_attempt_left_unpushed(stor
     store.jobs.update_one({"_id": job_id}, {"$set": {"datequeued": utcnow() - timedelta(minutes=1)}})
     assert queue_jobs(RECORD, [{}], ids=[job_id]) == []  # not queued twice...
     assert RegularQueue("default", store).list_job_ids() == [str(job_id)]  # ...but pushed
+
+
+def test_the_reconciliation_lock_of_a_dead_worker_is_taken_over_not_waited_out(store: Store) -> None:
+    """A worker killed while reconciling leaves the lock behind: a live worker's lock is respected,
+    a lock whose holder has no lease is taken over at once (not after its expiry)."""
+    from mrq.reconcile import Reconciler
+    from mrq.storage.leases import Leases
+
+    key = store.keys.reconcile_lock
+    Leases(store.redis, store.keys).register("alive-worker", 30)
+    store.redis.set(key, "alive-worker", ex=300)
+    assert not Reconciler(store, "other")._acquire()
+    assert store.redis.get(key) == b"alive-worker"
+
+    store.redis.set(key, "dead-worker", ex=300)  # no lease: it died holding the lock
+    taker = Reconciler(store, "other")
+    assert taker._acquire()
+    assert store.redis.get(key) == b"other"
+    Leases(store.redis, store.keys).register("other", 30)
+    assert not Reconciler(store, "third")._acquire()
+    Reconciler(store, "third")._release()  # releasing someone else's lock does nothing
+    assert store.redis.get(key) == b"other"
+    taker._release()
+    assert store.redis.get(key) is None

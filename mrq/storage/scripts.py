@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-_NAMES = ("dequeue", "cancel", "requeue_running", "lease", "expired_workers", "lease_deadlines", "timed_pop",
+_NAMES = ("dequeue", "cancel", "lock", "requeue_running", "lease", "expired_workers", "lease_deadlines", "timed_pop",
           "acquire_slot")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
@@ -52,6 +52,7 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.dequeue = LuaScript(client, _SOURCES["dequeue"])
         self.cancel = LuaScript(client, _SOURCES["cancel"])
+        self.lock = LuaScript(client, _SOURCES["lock"])
         self.requeue_running = LuaScript(client, _SOURCES["requeue_running"])
         self.lease = LuaScript(client, _SOURCES["lease"])
         self.expired_workers = LuaScript(client, _SOURCES["expired_workers"])

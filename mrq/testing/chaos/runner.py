@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pymongo
 import pymongo.errors
 import redis
@@ -233,6 +236,7 @@ class Run:
             settled_at = self._wait_settled(store, healed_at + self.bound)
             if settled_at is None:
                 self.note(f"NOT settled within the recovery bound ({self.bound:g}s after the heal)")
+                self._dump_stacks()
             else:
                 self.note(f"every accepted job final, raw queue empty: recovery {settled_at - healed_at:.2f}s")
                 timings["recovery"] = settled_at - healed_at
@@ -291,6 +295,23 @@ class Run:
         SIGINT lets running jobs finish: up to the longest job)."""
         while any(self.clock() < t + EXIT_GRACE for t, _ in self._stopping()):
             time.sleep(SAMPLE_INTERVAL)
+
+    def _dump_stacks(self) -> None:
+        """When py-spy is installed (a developer's diagnostic, not a dependency): every live worker
+        process's Python stacks, into the run directory's logs, to see why a job is stuck."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            return
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if "mrq.cli.worker" not in cmdline or str(self.cluster.rundir) not in cmdline:
+                continue
+            try:
+                dump = subprocess.run([spy, "dump", "--pid", str(proc.info["pid"])], capture_output=True, text=True,
+                                      timeout=20)
+                (self.cluster.rundir / "logs" / f"stacks-{proc.info['pid']}.txt").write_text(dump.stdout + dump.stderr)
+            except (OSError, subprocess.SubprocessError):
+                pass
 
     def _wait_settled(self, store: Store, deadline: float) -> float | None:
         ids = [ObjectId(i) for i in self.evidence.accepted]
