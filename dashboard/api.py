@@ -37,6 +37,8 @@ def json_body(optional: bool = False) -> dict[str, Any]:
         raise BadInput("invalid JSON: the body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadInput(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BadInput("invalid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadInput(f"expected a JSON object, got {type(body).__name__}")
     return body

@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 #: MongoDB refuses documents over 16 MiB; keep room for the fields added while the job runs.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+#: mongod stores documents nested at most 180 levels (its manual promises 100); the job document
+#: is one level above its params.
+MAX_PARAMS_DEPTH = 179
 
 
 def to_object_id(job_id: object) -> ObjectId:
@@ -80,7 +83,26 @@ def to_object_id(job_id: object) -> ObjectId:
 # --- queueing -------------------------------------------------------------------------------------
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of non-empty dicts and lists in `value` as MongoDB counts them, stopping past
+    `limit` (iterative: a hostile value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, (dict, list, tuple)) or not item:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _check_document(doc: dict[str, Any], index: int) -> None:
+    if nesting_depth(doc.get("params"), MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH:
+        where = f"params #{index}" if index else "params"
+        raise InvalidJob(f"{where} nest more than {MAX_PARAMS_DEPTH} levels of dicts and lists; MongoDB refuses "
+                         "documents nested that deep")
     try:
         size = len(bson.encode(doc))
     except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:

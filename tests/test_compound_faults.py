@@ -175,6 +175,17 @@ def test_a_refused_success_write_ends_the_job_failed_with_an_expiry(store: Store
     wait_until(lambda: running_entries(store) == 0, 10, message="the id acknowledged")
 
 
+def test_a_result_nested_deeper_than_mongodb_stores_ends_the_job_failed(store: Store, worker_factory: Any) -> None:
+    """mongod refuses documents nested past 180 levels (code 15, Overflow): the same refusal path."""
+    job_id = queue_job("tests.tasks.runaway.ReturnDeep", {"levels": 190})
+    worker_factory("--greenlets", "2", env=FAST)
+    wait_status(store, [job_id], "failed", timeout=30)
+    doc = store.jobs.find_one({"_id": job_id})
+    assert doc is not None and doc["exceptiontype"] == "StatusWriteError" and "code 15" in doc["traceback"]
+    assert "result" not in doc and doc["dateexpires"] is not None
+    wait_until(lambda: running_entries(store) == 0, 10, message="the id acknowledged")
+
+
 # --- 4. runaway tasks -----------------------------------------------------------------------------------
 
 

@@ -387,6 +387,12 @@ def test_enqueue_and_poll_over_http(mrq_settings: Settings, store: Store, worker
     assert "may not be enqueued by HTTP" in error_of(enqueue({"path": f"{TASKS}.Fail"}), 403)
     assert "may not be enqueued" in error_of(enqueue({"path": "tests.tasks.dashboardX.Task"}), 403)
     assert "invalid JSON" in error_of(enqueue(None, data="{nope", content_type="application/json"), 400)
+    deep = '{"path": "x", "params": ' + '{"a": ' * 100_000 + "1" + "}" * 100_001
+    assert "nested too deeply" in error_of(enqueue(None, data=deep, content_type="application/json"), 400)
+    deep_params: Any = 1
+    for _ in range(200):
+        deep_params = {"a": deep_params}
+    assert "nest more than 179 levels" in error_of(enqueue({"path": f"{TASKS}.Add", "params": deep_params}), 400)
     assert "expected a JSON object body" in error_of(enqueue(None, data="path=x"), 400)
     assert "expected a JSON object, got list" in error_of(enqueue([1, 2]), 400)
     assert "path: expected" in error_of(enqueue({"params": {}}), 400)

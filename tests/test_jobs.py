@@ -126,6 +126,20 @@ def test_params_over_16_mib(store: Store) -> None:
     assert_nothing_stored(store)
 
 
+def test_params_nested_deeper_than_mongodb_stores(store: Store) -> None:
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = {"leaf": 1}
+        for i in range(levels - 1):  # one level each; lists count too
+            value = {"n": value} if i % 2 or i == levels - 2 else [value]
+        return value
+
+    with pytest.raises(InvalidJob, match="params #1 nest more than 179 levels"):
+        queue_jobs("tests.tasks.general.Echo", [{}, nested(180)])
+    assert_nothing_stored(store)
+    job_id = queue_job("tests.tasks.general.Echo", nested(179))  # the job document: 180 levels, mongod's limit
+    assert store.jobs.find_one({"_id": job_id}, {"_id": 1}) is not None
+
+
 def test_params_not_a_dict(store: Store) -> None:
     with pytest.raises(InvalidJob, match="must be a dict, got list"):
         queue_job("tests.tasks.general.Echo", [1, 2])  # type: ignore[arg-type]

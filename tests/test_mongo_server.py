@@ -721,6 +721,48 @@ def test_ordered_bulk_write_stops_at_the_refused_update(coll: Collection) -> Non
     assert is_unchanged_big_document(coll.find_one({"_id": 1}))
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """A document ``levels`` deep as mongod counts: {"v": 1} is 1, {"n": {"v": 1}} is 2."""
+    doc: dict[str, Any] = {"v": 1}
+    for _ in range(levels - 1):
+        doc = {"n": doc}
+    return doc
+
+
+def test_documents_nested_deeper_than_mongod_stores_are_refused_with_overflow(coll: Collection) -> None:
+    coll.insert_one({"_id": 1, "doc": nested(179)})  # 180 levels with the top document
+    with pytest.raises(WriteError) as raised:
+        coll.insert_one({"_id": 2, "doc": nested(180)})
+    assert (raised.value.code, raised.value.details["codeName"]) == (15, "Overflow")
+    assert "180 levels of nesting" in raised.value.details["errmsg"]
+    assert coll.find_one({"_id": 2}) is None
+    coll.insert_one({"_id": 3, "doc": [nested(178)], "empty": {"a": {"b": {}}}})  # arrays count; empty ones not
+    with pytest.raises(WriteError) as raised:
+        coll.update_one({"_id": 1}, {"$set": {"doc": nested(180)}})
+    assert raised.value.code == 15
+    assert coll.find_one({"_id": 1}) == {"_id": 1, "doc": nested(179)}  # unchanged
+    with pytest.raises(WriteError) as raised:
+        coll.update_one({"_id": 4}, {"$set": {"doc": [nested(180)]}}, upsert=True)
+    assert raised.value.code == 15 and coll.find_one({"_id": 4}) is None
+    with pytest.raises(OperationFailure) as failed:
+        coll.find_one_and_update({"_id": 1}, {"$set": {"doc": nested(180)}})
+    assert failed.value.code == 15
+
+
+def test_a_write_batch_larger_than_max_write_batch_size_fails_whole(coll: Collection) -> None:
+    limit = coll.database.client.admin.command("hello")["maxWriteBatchSize"]
+    assert limit == 100_000
+    with pytest.raises(OperationFailure) as raised:
+        coll.database.command({"insert": coll.name, "documents": [{"_id": i} for i in range(limit + 1)]})
+    assert (raised.value.code, raised.value.details["codeName"]) == (16, "InvalidLength")
+    assert coll.count_documents({}) == 0
+    with pytest.raises(OperationFailure) as raised:
+        coll.database.command({"delete": coll.name, "deletes": []})
+    assert raised.value.code == 16
+    coll.insert_many([{"_id": i} for i in range(limit + 5)])  # the driver splits it at the limit
+    assert coll.count_documents({}) == limit + 5
+
+
 def test_find_one_and_update_past_16_mib_is_a_command_error(coll: Collection) -> None:
     big_document(coll)
     with pytest.raises(OperationFailure) as raised:

@@ -25,6 +25,9 @@ from pymongo.errors import DuplicateKeyError
 Doc = dict[str, Any]
 
 MAX_BSON_SIZE = 16 * 1024 * 1024
+#: Levels of nesting a stored document may have (mongod: maxBSONDepth 200 minus 20 kept for the
+#: server's own wrapping). Objects and arrays count when they hold something; ``{a: {}}`` is 1 deep.
+MAX_USER_DEPTH = 180
 DEFAULT_BATCH = 101
 # fmt: off
 #: Python types whose values sort natively in the engine's BSON type order, as (rank, value).
@@ -213,13 +216,15 @@ def _select(docs: list[Doc], sort: Doc | None, skip: int = 0, limit: int = 0) ->
 
 
 class _GrownTooLarge(DuplicateKeyError):
-    """An update would store a document larger than ``MAX_BSON_SIZE``. A DuplicateKeyError only
-    because the engine, which updates documents in place, puts the old document back on that error
-    alone; ``FastCollection._update`` turns it into mongod's error before anything else sees it."""
+    """An update would store a document larger than ``MAX_BSON_SIZE`` (or deeper than
+    ``MAX_USER_DEPTH``: ``deep``). A DuplicateKeyError only because the engine, which updates
+    documents in place, puts the old document back on that error alone; ``FastCollection._update``
+    turns it into mongod's error before anything else sees it."""
 
-    def __init__(self) -> None:
+    def __init__(self, deep: bool = False) -> None:
         super().__init__("document too large", 17419)
         self.upsert = False  # set when it was the insert of an upsert
+        self.deep = deep
 
 
 class FastCollection(Collection):
@@ -232,12 +237,14 @@ class FastCollection(Collection):
 
     def _update(self, *args: Any, **kwargs: Any) -> Doc:
         """The engine's update, refusing like mongod a document it would make larger than
-        MAX_BSON_SIZE: the document stays as it was and the statement fails with code 17419
-        (17420 when the upsert would insert it)."""
+        MAX_BSON_SIZE (code 17419; 17420 when the upsert would insert it) or deeper than
+        MAX_USER_DEPTH (code 15, Overflow): the document stays as it was."""
         self._limit_size = True
         try:
             return super()._update(*args, **kwargs)
         except _GrownTooLarge as exc:
+            if exc.deep:
+                raise CommandError(15, f"Document exceeds maximum nesting depth of {MAX_USER_DEPTH}") from None
             what = "Document to upsert is" if exc.upsert else "Resulting document after update is"
             raise CommandError(17420 if exc.upsert else 17419, f"{what} larger than {MAX_BSON_SIZE}") from None
         finally:
@@ -274,6 +281,8 @@ class FastCollection(Collection):
         the holder of each entry; entries left by deleted or changed documents are detected by
         re-checking the document the table points to.
         """
+        if self._limit_size and too_deep(new_data):
+            raise _GrownTooLarge(deep=True)
         if self._limit_size and _too_large(new_data):
             raise _GrownTooLarge()
         store = self._store
@@ -361,3 +370,17 @@ def _too_large(doc: Doc) -> bool:
         return _bson_size(doc) > MAX_BSON_SIZE
     except (bson.InvalidDocument, OverflowError):
         return False
+
+
+def too_deep(doc: Doc) -> bool:
+    """Whether ``doc`` nests deeper than ``MAX_USER_DEPTH`` (iterative: any depth is measured)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)) and child:
+                if level + 1 > MAX_USER_DEPTH:
+                    return True
+                stack.append((child, level + 1))
+    return False

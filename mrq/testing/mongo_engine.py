@@ -33,6 +33,7 @@ from .mongo_catalog import Catalog
 from .mongo_collection import (
     DEFAULT_BATCH,
     MAX_BSON_SIZE,
+    MAX_USER_DEPTH,
     CommandError,
     Doc,
     FastCollection,
@@ -40,10 +41,12 @@ from .mongo_collection import (
     _select,
     _store_key,
     bson_text,
+    too_deep,
 )
 from .mongo_planner import check_indexed, exempt, pushed_down
 
 MAX_MESSAGE_SIZE = 48_000_000
+MAX_WRITE_BATCH = 100_000  # statements per insert/update/delete command (mongod's maxWriteBatchSize)
 MAX_WIRE_VERSION = 21  # MongoDB 7.0; >= 25 would make pymongo send 8.0-only commands
 SERVER_VERSION = "7.0.0"
 #: Seconds after which an idle cursor is dropped (MongoDB's cursorTimeoutMillis).
@@ -54,7 +57,8 @@ _IGNORED_FIELDS = ("$db", "lsid", "$readPreference", "$clusterTime", "readConcer
                    "apiDeprecationErrors")
 _CODE_NAMES = {
     1: "InternalError", 2: "BadValue", 9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized",
-    14: "TypeMismatch", 17: "ProtocolError", 18: "AuthenticationFailed", 20: "IllegalOperation",
+    14: "TypeMismatch", 15: "Overflow", 16: "InvalidLength", 17: "ProtocolError", 18: "AuthenticationFailed",
+    20: "IllegalOperation",
     26: "NamespaceNotFound", 27: "IndexNotFound", 31: "RoleNotFound", 43: "CursorNotFound", 48: "NamespaceExists",
     59: "CommandNotFound", 72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict",
     238: "NotImplemented", 291: "NoQueryExecutionPlans", 334: "MechanismUnavailable", 10334: "BSONObjectTooLarge",
@@ -282,7 +286,8 @@ class Engine(Catalog):
         if cmd.get("helloOk") or not legacy:
             reply["helloOk"] = True
         return reply | {
-            "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": MAX_MESSAGE_SIZE, "maxWriteBatchSize": 100_000,
+            "maxBsonObjectSize": MAX_BSON_SIZE, "maxMessageSizeBytes": MAX_MESSAGE_SIZE,
+            "maxWriteBatchSize": MAX_WRITE_BATCH,
             "localTime": datetime.now(UTC), "logicalSessionTimeoutMinutes": 30, "connectionId": conn_id,
             "minWireVersion": 0, "maxWireVersion": MAX_WIRE_VERSION, "readOnly": False, "ok": 1.0,
         } | self.auth.hello_fields(cmd, conn_id)  # fmt: skip
@@ -311,7 +316,11 @@ class Engine(Catalog):
 
     # ---- writes
     def _write(self, db: str, cmd: Doc, statements: list[Any], apply: Callable[[int, Any], None]) -> Doc:
-        """Apply each statement in order; failures become writeErrors (stop at the first if ordered)."""
+        """Apply each statement in order; failures become writeErrors (stop at the first if ordered).
+        A batch of more than maxWriteBatchSize statements (or none) fails as a whole, as in mongod."""
+        if not 1 <= len(statements) <= MAX_WRITE_BATCH:
+            raise CommandError(16, f"Write batch sizes must be between 1 and {MAX_WRITE_BATCH}. "
+                                   f"Got {len(statements)} operations.")
         errors = []
         for index, statement in enumerate(statements):
             try:
@@ -329,7 +338,13 @@ class Engine(Catalog):
         name, inserted = cmd["insert"], []
         coll, valid = self.coll(db, name), not cmd.get("bypassDocumentValidation")
         docs = cmd.get("documents", [])
-        errors = self._write(db, cmd, docs, lambda _, doc: inserted.append(coll._insert(doc, validate=valid)))
+
+        def apply(_: int, doc: Doc) -> None:
+            if too_deep(doc):
+                raise CommandError(15, f"cannot insert document because it exceeds {MAX_USER_DEPTH} levels of nesting")
+            inserted.append(coll._insert(doc, validate=valid))
+
+        errors = self._write(db, cmd, docs, apply)
         if (db, name) in self.capped:
             self._capped_insert(db, name, coll, inserted)
         return {"n": len(inserted), **errors, "ok": 1.0}
@@ -391,7 +406,7 @@ class Engine(Catalog):
                 upserted = coll._update(query, update, upsert=True, array_filters=cmd.get("arrayFilters"))["upserted"]
                 last_error = {"n": 1, "updatedExisting": False, "upserted": upserted}
         except CommandError as exc:  # mongod words every failure of the write so; here only the size limit
-            if exc.code not in (17419, 17420):
+            if exc.code not in (15, 17419, 17420):
                 raise
             raise CommandError(exc.code, f"Plan executor error during findAndModify :: caused by :: {exc}") from None
         if new and (old is not None or upserted is not None):

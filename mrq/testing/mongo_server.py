@@ -31,6 +31,8 @@ Design:
 - Capped collections are emulated (``size``/``max``; the oldest documents go on insert).
 - No stored document exceeds 16 MiB: larger ones are refused as they arrive (inserts) and, as
   mongod does (codes 17419 and 17420), when an update or upsert would produce one.
+- No stored document nests deeper than 180 levels (code 15, Overflow, as mongod); a write command
+  of more than 100,000 statements fails whole (code 16, InvalidLength).
 
 Modules: this one (wire protocol, TCP server, command line), ``mongo_engine`` (the command engine:
 dispatch, cursors, reads, writes), ``mongo_catalog`` (databases, collections, indexes) and

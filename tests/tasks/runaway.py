@@ -57,6 +57,16 @@ class ReturnLarge(Task):
         return "r" * 1_000_000
 
 
+class ReturnDeep(Task):
+    """Returns a value nested `levels` deep: MongoDB refuses to store it (too deep) at the final write."""
+
+    def run(self, params):
+        value = {"leaf": True}
+        for _ in range(params["levels"]):
+            value = {"n": value}
+        return value
+
+
 class RunsOfJob(Task):
     """Counts its runs in the `runs` collection (keyed by job id) and sleeps."""
 
