@@ -12,7 +12,7 @@ import pymongo.errors
 import redis
 
 from .backoff import STORE_ERRORS
-from .storage.mongo import missing_indexes
+from .storage.mongo import INDEXES, LOGS, ensure_indexes, missing_indexes
 
 if TYPE_CHECKING:
     from .store import Store
@@ -90,8 +90,19 @@ def _check_clock(store: Store) -> None:
 
 
 def _check_indexes(store: Store) -> None:
-    missing = missing_indexes(store.connections.mongodb_jobs, store.connections.mongodb_logs)
-    if missing:
-        log.warning("MongoDB lacks %d indexes mrq needs (%s%s): lists and maintenance will scan collections. "
-                    "Start a worker with --ensure_indexes, or run mrq.basetasks.indexes.EnsureIndexes",
-                    len(missing), ", ".join(missing[:4]), "..." if len(missing) > 4 else "")
+    """A database with none of mrq's indexes is a new one: they are created at once (instant on
+    empty collections; `readWrite` includes createIndex). A database with some of them (an older
+    mrq, an MRQ 0.9 database, an index dropped by hand) may hold millions of jobs, where building
+    an index is an operator's decision: a warning says which are missing and how to create them."""
+    jobs, logs = store.connections.mongodb_jobs, store.connections.mongodb_logs
+    missing = missing_indexes(jobs, logs)
+    if not missing:
+        return
+    ours = sum(len(indexes) for name, indexes in INDEXES.items() if logs is not None or name != LOGS)
+    if len(missing) == ours:
+        created = ensure_indexes(jobs, logs)
+        log.info("a new database: created mrq's %d indexes", len(created))
+        return
+    log.warning("MongoDB lacks %d of mrq's indexes (%s%s): the dashboard's lists and the maintenance tasks will "
+                "scan collections. Start a worker with --ensure_indexes (or run mrq.basetasks.indexes.EnsureIndexes) "
+                "to create them", len(missing), ", ".join(missing[:4]), "..." if len(missing) > 4 else "")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
 from mrq.config import Settings
 from mrq.connections import Connections, redact_uri
 from mrq.exceptions import ConfigError, StoreUnavailable
+from mrq.testing.pytest_plugin import with_database
 from mrq.testing.stack import free_port
 
 
@@ -40,7 +42,7 @@ def test_clients_are_lazy_and_work(mrq_settings: Settings, make_connections) -> 
 
 def test_jobs_database_comes_from_the_uri_path(mrq_settings: Settings, make_connections) -> None:
     conns = make_connections(mrq_settings)
-    assert conns.mongodb_jobs.name == mrq_settings.mongodb_jobs.rsplit("/", 1)[1]
+    assert conns.mongodb_jobs.name == urlsplit(mrq_settings.mongodb_jobs).path.strip("/")
 
 
 def test_mongodb_logs_modes(mrq_settings: Settings, mongodb_uri: str, make_connections) -> None:
@@ -48,7 +50,7 @@ def test_mongodb_logs_modes(mrq_settings: Settings, mongodb_uri: str, make_conne
     assert same.mongodb_logs is not None and same.mongodb_logs.name == same.mongodb_jobs.name
     off = make_connections(mrq_settings.replace(mongodb_logs="0"))
     assert off.mongodb_logs is None
-    other = make_connections(mrq_settings.replace(mongodb_logs=mongodb_uri + "/mrqtest_logs_other"))
+    other = make_connections(mrq_settings.replace(mongodb_logs=with_database(mongodb_uri, "mrqtest_logs_other")))
     assert other.mongodb_logs is not None and other.mongodb_logs.name == "mrqtest_logs_other"
 
 

@@ -27,7 +27,7 @@ from mrq.job import FINAL_STATUSES, Job, queue_job
 from mrq.queue import pause_queue, resume_queue
 from mrq.storage import mongo
 from mrq.store import Store
-from mrq.testing.pytest_plugin import PROJECT_ROOT, with_database
+from mrq.testing.pytest_plugin import PROJECT_ROOT, drop_jobs_database, jobs_database_uri
 from mrq.testing.stack import free_port
 from mrq.testing.workers import CommandProcess, WorkerProcess, wait_until
 
@@ -71,7 +71,8 @@ class Watched:
 def live(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoClient) -> Iterator[Live]:
     prefix, db_name = "b" + uuid.uuid4().hex[:10], "mrqtest_" + uuid.uuid4().hex[:12]
     settings, _ = load_settings([], env={}, default_file=False, overrides={
-        "redis": redis_url, "redis_prefix": prefix, "mongodb_jobs": with_database(mongodb_uri, db_name),
+        "redis": redis_url, "redis_prefix": prefix,
+        "mongodb_jobs": jobs_database_uri(mongodb_uri, mongo_client, db_name),
         "mongodb_logs": "1"})
     store = Store(settings)
     worker = WorkerProcess(settings, ["--greenlets", "4", "--report_interval", "1", "--name", WORKER_NAME,
@@ -93,7 +94,7 @@ def live(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoClient) ->
         server.close()
         worker.close()
         store.close()
-        mongo_client.drop_database(db_name)
+        drop_jobs_database(mongo_client, db_name)
         client = redis.Redis.from_url(redis_url)
         for pattern in (f"{prefix}:*", f"{{{prefix}:*"):
             keys = list(client.scan_iter(match=pattern, count=1000))

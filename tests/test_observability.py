@@ -15,6 +15,7 @@ from mrq import current
 from mrq.config import Settings
 from mrq.job import queue_job
 from mrq.startup import clock_skew, eviction_warning
+from mrq.storage.mongo import INDEXES, missing_indexes
 from mrq.store import Store
 from mrq.testing.stack import RedisServer, free_port
 from tests.test_worker import wait_status
@@ -144,18 +145,32 @@ def evicting_redis() -> Iterator[RedisServer]:
     server.close()
 
 
+def drop_our_indexes(store: Store) -> None:
+    """Leave the jobs database with none of mrq's indexes (strict mode's fixture creates them)."""
+    db = store.connections.mongodb_jobs
+    for name in set(db.list_collection_names()) & set(INDEXES):
+        db[name].drop_indexes()
+
+
 def test_startup_warns_about_eviction_and_missing_indexes(mrq_settings: Settings, evicting_redis: RedisServer,
                                                          worker_factory: Any) -> None:
     settings = mrq_settings.replace(redis=evicting_redis.url)
-    worker = worker_factory(settings=settings)
-    output = worker.output()
-    assert "maxmemory-policy is 'allkeys-lru'" in output
-    assert "MongoDB lacks" in output and "--ensure_indexes" in output
-    worker.kill()
-    worker = worker_factory("--ensure_indexes", settings=settings)
-    assert "MongoDB lacks" not in worker.output()
     store = current.set_current_config(settings)
     try:
+        drop_our_indexes(store)
+        worker = worker_factory(settings=settings)  # a new database: the worker creates the indexes
+        output = worker.output()
+        assert "maxmemory-policy is 'allkeys-lru'" in output
+        assert "created mrq's" in output and "lacks" not in output
+        assert missing_indexes(store.connections.mongodb_jobs, store.connections.mongodb_logs) == []
+        worker.kill()
+        store.jobs.drop_index("status_id")  # some of ours missing: an operator's decision, a warning
+        worker = worker_factory(settings=settings)
+        assert "MongoDB lacks 1 of mrq's indexes (mrq_jobs.status_id)" in worker.output()
+        assert "--ensure_indexes" in worker.output()
+        worker.kill()
+        worker = worker_factory("--ensure_indexes", settings=settings)
+        assert "lacks" not in worker.output() and "indexes: status_id" in worker.output()
         assert eviction_warning(store.redis) is not None
     finally:
         current.reset()

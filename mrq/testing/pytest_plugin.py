@@ -164,13 +164,7 @@ def mrq_settings(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoCl
     database has mrq's indexes."""
     prefix = _unique("t")
     db_name = _unique("mrqtest_")
-    jobs_uri = with_database(mongodb_uri, db_name)
-    strict = strict_mode()
-    if strict:
-        user, password = f"mrq_{db_name}", secrets.token_hex(12)
-        mongo_client[db_name].command("createUser", user, pwd=password, roles=strict_roles())
-        jobs_uri = with_user(mongodb_uri, user, password, db_name, db_name)
-        ensure_indexes(mongo_client[db_name], mongo_client[db_name])  # as root, before anything runs
+    jobs_uri = jobs_database_uri(mongodb_uri, mongo_client, db_name)
     settings, _ = load_settings(
         [],
         env={},
@@ -185,10 +179,26 @@ def mrq_settings(redis_url: str, mongodb_uri: str, mongo_client: pymongo.MongoCl
         },
     )
     yield settings
-    _drop_database(mongo_client, db_name)
-    if strict:
-        _drop_user(mongo_client, db_name, f"mrq_{db_name}")
+    drop_jobs_database(mongo_client, db_name)
     _delete_prefix(redis_url, prefix)
+
+
+def jobs_database_uri(mongodb_uri: str, mongo_client: pymongo.MongoClient, db_name: str) -> str:
+    """The URI mrq's components get for a test's jobs database. In strict mode: a user with
+    `strict_roles()` on that database only, and mrq's indexes created first (as an operator runs
+    `--ensure_indexes`), since notablescan refuses the queries they serve."""
+    if not strict_mode():
+        return with_database(mongodb_uri, db_name)
+    user, password = f"mrq_{db_name}", secrets.token_hex(12)
+    mongo_client[db_name].command("createUser", user, pwd=password, roles=strict_roles())
+    ensure_indexes(mongo_client[db_name], mongo_client[db_name])  # as root, before anything runs
+    return with_user(mongodb_uri, user, password, db_name, db_name)
+
+
+def drop_jobs_database(mongo_client: pymongo.MongoClient, db_name: str) -> None:
+    _drop_database(mongo_client, db_name)
+    if strict_mode():
+        _drop_user(mongo_client, db_name, f"mrq_{db_name}")
 
 
 def _drop_user(client: pymongo.MongoClient, db_name: str, user: str) -> None:
