@@ -19,7 +19,10 @@ import pymongo.errors
 import pytest
 
 from bench.report import aggregate, evaluate_targets
+from mrq.testing.pytest_plugin import use_plain_mongodb
 from mrq.testing.workers import still_running
+
+_plain_uri, _plain_client = use_plain_mongodb()  # the test server's counters, also in strict mode
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"system", "mode", "workload", "metric", "median", "min", "max", "runs"}

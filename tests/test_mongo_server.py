@@ -40,6 +40,8 @@ from pymongo.errors import (
 from pymongo.monitoring import CommandListener, CommandSucceededEvent, ConnectionPoolListener
 from pymongo.write_concern import WriteConcern
 
+from mrq.testing.pytest_plugin import use_plain_mongodb
+
 
 class Recorder(CommandListener, ConnectionPoolListener):
     """Records succeeded commands (name, reply) and closed pool connections."""
@@ -63,6 +65,10 @@ class Recorder(CommandListener, ConnectionPoolListener):
     started = failed = pool_created = pool_ready = pool_cleared = pool_closed = ignore
     connection_created = connection_ready = connection_check_out_started = connection_check_out_failed = ignore
     connection_checked_out = connection_checked_in = ignore
+
+
+# The test server's contract tests run on a plain server, also in strict mode.
+_plain_uri, _plain_client = use_plain_mongodb()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pymongo
@@ -113,6 +114,39 @@ def mongo_server() -> Iterator[MongoTestServer | None]:
             client.close()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def plain_mongodb_uri(mongo_server: MongoTestServer | None) -> Iterator[str]:
+    """For the test server's own contract tests (its query engine, its wire protocol): the
+    session's MongoDB, or in strict mode a plain test server of the module's own, since strict
+    mode's access control and notablescan have contract tests of their own."""
+    if mongo_server is None:
+        yield with_database(os.environ[REAL_MONGODB_ENV], "")
+    elif not strict_mode():
+        yield mongo_server.uri
+    else:
+        plain = MongoTestServer()
+        plain.start()
+        yield plain.uri
+        plain.close()
+
+
+def use_plain_mongodb() -> tuple[Any, Any]:
+    """Fixtures overriding `mongodb_uri` and `mongo_client` for one module with `plain_mongodb_uri`:
+    `_plain_uri, _plain_client = use_plain_mongodb()` at the module's top level."""
+
+    @pytest.fixture(scope="module", name="mongodb_uri")
+    def uri(plain_mongodb_uri: str) -> str:
+        return plain_mongodb_uri
+
+    @pytest.fixture(scope="module", name="mongo_client")
+    def client(mongodb_uri: str) -> Iterator[pymongo.MongoClient]:
+        the_client: pymongo.MongoClient = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=10_000)
+        yield the_client
+        the_client.close()
+
+    return uri, client
 
 
 @pytest.fixture(scope="session")
