@@ -1,6 +1,7 @@
 """The local demo stack: Redis, the Mongo test server (unless MRQ_REDIS / MRQ_MONGODB_JOBS point
 elsewhere), a worker with 10 greenlets, the dashboard (http://127.0.0.1:5555/, or another free port
-when 5555 is taken; MRQ_DASHBOARD_PORT picks one) and a few example jobs. Ctrl-C stops everything.
+when 5555 is taken; MRQ_DASHBOARD_PORT picks one) and a few example jobs. Ctrl-C, SIGTERM or
+closing the terminal (SIGHUP) stops everything it started.
 
     ./scripts/demo                  # keeps running until Ctrl-C
     ./scripts/demo --exit-when-done # stops once the example jobs are finished (used by the tests)
@@ -45,9 +46,13 @@ def main() -> int:
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if signum == signal.SIGHUP:  # the terminal is gone: stop everything, printing nowhere
+            devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+            os.dup2(devnull.fileno(), sys.stderr.fileno())
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # Ctrl-C, kill, a closed terminal
+        signal.signal(signum, on_signal)
     try:
         env = dict(os.environ)
         if not env.get("MRQ_REDIS"):
