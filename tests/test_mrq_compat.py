@@ -80,3 +80,67 @@ def test_mrq_run_bad_inputs(store: Store, mrq_settings: Any) -> None:
     one_line_error(run("tests.tasks.general.ReturnObject"), 1, "not JSON-serialisable")
     one_line_error(run("--queue", "bad queue", "tests.tasks.general.Add"), 2, "contains ' '")
     assert store.jobs.count_documents({}) == 0
+
+
+# --- MRQ 0.9 compatibility (issue #16): MRQ-style config files and task modules ---------------------
+
+M09 = "tests.tasks.mrq09"
+
+
+def mrq_config(tmp_path: Any, text: str) -> str:
+    path = tmp_path / "mrq-config.py"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_is_a_dict_and_named_redis_connections(store: Store, worker_factory: Any, tmp_path: Any,
+                                                      redis_url: str) -> None:
+    second = redis_url.rsplit("/", 1)[0] + "/3"
+    config = mrq_config(tmp_path, f'MY_CUSTOM_KEY = "custom value"\nGREENLETS = 2\nREDIS_SECOND = "{second}"\n'
+                                  'REDIS_BROKEN = "redis://127.0.0.1:notaport/0"\n')
+    worker_factory("--config", config)
+    data = wait_status(queue_job(f"{M09}.ConfigAsDict", {"value": 7}), "success")
+    result = data["result"]
+    assert result["is_dict"] and result["json"] and result["custom"] == "custom value"
+    assert result["set_by_task"] == 7 and result["greenlets"] == 2
+    assert result["config"]["redis_prefix"] == store.settings.redis_prefix and "greenlets" in result["config"]
+
+    key = f"{store.settings.redis_prefix}:second"
+    assert wait_status(queue_job(f"{M09}.SecondRedis", {"key": key, "value": "v2"}), "success")["result"] == "v2"
+    import redis
+
+    other = redis.Redis.from_url(second)
+    try:
+        assert other.get(key) == b"v2" and store.redis.get(key) is None  # really the second database
+    finally:
+        other.delete(key)
+        other.close()
+    broken = wait_status(queue_job(f"{M09}.BrokenRedis", {}), "failed")
+    assert "REDIS_BROKEN" in broken["traceback"] and "invalid Redis URI" in broken["traceback"]
+
+
+def test_named_connections_in_process(mrq_settings: Any, redis_url: str) -> None:
+    import pytest
+
+    from mrq import context, current
+    from mrq.exceptions import ConfigError
+
+    settings = mrq_settings.replace()
+    settings.extra.update(redis_third=redis_url.rsplit("/", 1)[0] + "/4", redis_bad="nothing-like-a-url",
+                          mongodb_bad="redis://x")
+    current.set_current_config(settings)
+    try:
+        assert context.connections.redis_third.ping() is True
+        with pytest.raises(ConfigError, match="config key REDIS_BAD: invalid Redis URI"):
+            context.connections.redis_bad  # noqa: B018
+        with pytest.raises(ConfigError, match="config key MONGODB_BAD"):
+            context.connections.mongodb_bad  # noqa: B018
+        with pytest.raises(AttributeError, match="no REDIS_MISSING"):
+            context.connections.redis_missing  # noqa: B018
+        with pytest.raises(AttributeError):
+            context.connections.redis_prefix  # noqa: B018 - a setting, not a connection
+        config = context.get_current_config()
+        config["x"] = 1
+        assert context.get_current_config()["x"] == 1 and config.redis_prefix == settings.redis_prefix
+    finally:
+        current.reset()
