@@ -7,7 +7,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from mrq.job import Job, queue_job
+from mrq.job import Job, queue_job, queue_raw_jobs
 from mrq.store import Store
 from mrq.testing.workers import run_command
 from tests.test_worker import wait_status
@@ -144,3 +144,65 @@ def test_named_connections_in_process(mrq_settings: Any, redis_url: str) -> None
         assert context.get_current_config()["x"] == 1 and config.redis_prefix == settings.redis_prefix
     finally:
         current.reset()
+
+
+def test_old_producer_names_and_utils(store: Store) -> None:
+    import pytest
+
+    from mrq.exceptions import InvalidJob
+    from mrq.queue import send_raw_tasks, send_task, send_tasks
+    from mrq.utils import MovingAverage, MovingETA
+
+    job_id = send_task("tests.tasks.general.Add", {"a": 1, "b": 2}, queue="old_api")
+    assert isinstance(job_id, ObjectId) and Job(job_id).fetch().queue == "old_api"
+    ids = send_tasks("tests.tasks.general.Add", [{"a": 1, "b": 1}, {"a": 2, "b": 2}], queue="old_api")
+    assert [Job(i).fetch().params for i in ids] == [{"a": 1, "b": 1}, {"a": 2, "b": 2}]
+    assert send_tasks("tests.tasks.general.Add", [{"a": 1, "b": 1}, {"a": 2, "b": 3}], sync=True) == [2, 5]
+    assert send_raw_tasks("old_raw", ["p1", "p2"]) == 2
+    with pytest.raises(InvalidJob, match="dotted"):
+        send_task("not a path", {})
+    with pytest.raises(InvalidJob, match="raw queue"):
+        send_task("tests.tasks.general.Add", {}, queue="old_raw")
+
+    eta = MovingETA(3)
+    assert eta.next(100, t=0) is None  # one point: no rate yet
+    assert eta.next(90, t=10) == pytest.approx(90.0)  # 1 per second, 90 left
+    assert eta.next(90, t=20) == pytest.approx(180.0)  # 10 done in 20 s
+    assert eta.next(90, t=30) is None  # the window (3 values) saw no progress
+    assert MovingAverage(2).next(4) == 4
+
+
+def test_admin_root_answers_the_worker_report(store: Store, worker_factory: Any) -> None:
+    import urllib.request
+
+    from mrq.testing.stack import free_port
+
+    port = free_port()
+    worker_factory("--admin_port", str(port), "--admin_token", "s3cret")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/wait_for_idle?timeout=10",
+                                     headers={"Authorization": "Bearer s3cret"})
+    urllib.request.urlopen(request, timeout=15).close()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Authorization": "Bearer s3cret"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        report = json.loads(response.read())
+    assert ObjectId.is_valid(report["_id"]) and report["status"] == "wait"  # MRQ's idle status
+    assert store.connections.mongodb_jobs["mrq_workers"].find_one({"_id": ObjectId(report["_id"])}) is not None
+    import urllib.error
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        raise AssertionError("the token was not asked for")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+
+
+def test_raw_jobs_from_a_producer_without_raw_queues(store: Store, worker_factory: Any, tmp_path: Any) -> None:
+    assert store.settings.raw_queues == {}
+    assert queue_raw_jobs("mrq09_raw", ["a", "b"]) is not None  # MRQ's producer: the queue name only
+    config = mrq_config(tmp_path, f'RAW_QUEUES = {{"mrq09_raw": {{"job_factory": "{M09}.raw_factory"}}}}\n')
+    worker_factory("mrq09_raw", "--config", config)
+    from mrq.testing.workers import wait_until
+
+    done = wait_until(lambda: sorted(d["result"] for d in store.jobs.find({"status": "success"})) == ["A", "B"], 20,
+                      message="raw jobs done")
+    assert done

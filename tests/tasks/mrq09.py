@@ -41,3 +41,12 @@ class LogLines(Task):
         log.info("formatted %s", b"na\xefve")
         log.warning("a warning line")
         return "logged"
+
+
+def raw_factory(rawparam):
+    return {"path": "tests.tasks.mrq09.Upper", "params": {"value": rawparam.decode("utf-8")}}
+
+
+class Upper(Task):
+    def run(self, params):
+        return params["value"].upper()
