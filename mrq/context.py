@@ -46,7 +46,7 @@ get_current_worker = current.get_current_worker
 set_current_job = current.set_current_job
 
 
-class ConfigDict(dict):  # type: ignore[type-arg]
+class ConfigDict(dict[str, Any]):
     """MRQ's config: a real dict of lowercase keys (every setting and every uppercase key of the
     config file), so task code can `[...]`, `.get()`, set keys and return or log it as JSON.
     Attribute access (`config.redis_prefix`) also works. Keys set here are seen by later
