@@ -206,3 +206,44 @@ def test_raw_jobs_from_a_producer_without_raw_queues(store: Store, worker_factor
     done = wait_until(lambda: sorted(d["result"] for d in store.jobs.find({"status": "success"})) == ["A", "B"], 20,
                       message="raw jobs done")
     assert done
+
+
+def test_job_action_requeue_and_cancel(store: Store, worker_factory: Any) -> None:
+    from mrq.job import queue_jobs
+    from mrq.queue import Queue
+
+    fail = "tests.tasks.general.Fail"
+    worker_factory("fails")
+    failed = queue_jobs(fail, [{"n": i} for i in range(3)], queue="fails")
+    for job_id in failed:
+        wait_status(job_id, "failed")
+    waiting = queue_jobs("tests.tasks.general.Add", [{"a": 1, "b": i} for i in range(2)], queue="parking")
+    action = queue_job("mrq.basetasks.utils.JobAction",
+                       {"action": "requeue", "path": fail, "status": ["failed"], "destination_queue": "parked"},
+                       queue="admin")
+    cancel = queue_job("mrq.basetasks.utils.JobAction", {"action": "cancel", "queue": "parking"}, queue="admin")
+    later = queue_job(fail, {"n": 9}, queue="fails")  # created after the action: not touched
+    wait_status(later, "failed")
+    worker_factory("admin")
+    assert wait_status(action, "success")["result"] == {"requeued": 3, "cancelled": 0}
+    assert wait_status(cancel, "success")["result"] == {"requeued": 0, "cancelled": 2}
+    for job_id in failed:
+        data = Job(job_id).fetch().data
+        assert data is not None and data["status"] == "queued" and data["queue"] == "parked"
+    assert Queue("parked").size() == 3  # really on the queue, in Redis
+    assert Job(later).fetch().status == "failed"
+    assert [Job(i).fetch().status for i in waiting] == ["cancel", "cancel"]
+    worker_factory("parking")
+    assert Queue("parking").size() == 0 and [Job(i).fetch().status for i in waiting] == ["cancel", "cancel"]
+
+    # mrq-run, params as MRQ's dashboard sent them (params as JSON), and bad input
+    done = run_command(store.settings, "mrq.cli.run", ["mrq.basetasks.utils.JobAction",
+                                                       json.dumps({"action": "cancel", "queue": "parked",
+                                                                   "params": json.dumps({"n": 1})})])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"requeued": 0, "cancelled": 1}
+    assert Job(failed[1]).fetch().status == "cancel" and Job(failed[0]).fetch().status == "queued"
+    for bad, message in (({"action": "delete"}, "action must be one of"), ({"action": "cancel", "wrker": "x"},
+                         "unknown param 'wrker'"), ({"action": "cancel", "worker": "nope"}, "worker must be")):
+        done = run_command(store.settings, "mrq.cli.run", ["mrq.basetasks.utils.JobAction", json.dumps(bad)])
+        assert done.returncode != 0 and message in done.stderr, done.stderr
