@@ -29,6 +29,7 @@ from .exceptions import ConfigError
 from .options import (
     DASHBOARD,
     DAY,
+    DEPRECATED_FLAGS,
     ENV_PREFIX,
     GENERAL,
     OPTIONS,
@@ -44,9 +45,9 @@ from .options import (
 )
 
 __all__ = [  # the table lives in mrq/options.py; its names stay importable from here
-    "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "GENERAL", "OPTIONS", "OPTIONS_BY_NAME", "RUN",
-    "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser", "load_settings", "read_config_file",
-    "reference_markdown",
+    "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "DEPRECATED_FLAGS", "ENV_PREFIX", "GENERAL", "OPTIONS",
+    "OPTIONS_BY_NAME", "RUN", "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser", "deprecation_warnings",
+    "load_settings", "read_config_file", "reference_markdown",
 ]  # fmt: skip
 
 DEFAULT_CONFIG_FILE = "mrq-config.py"
@@ -148,7 +149,20 @@ def build_parser(scope: str, prog: str | None = None, description: str | None = 
         else:
             parser.add_argument(*flags, dest=option.name, metavar=option.type_name.split()[0].upper(),
                                 help=help_text)
+    for name, (takes_value, flag_scope, instead) in DEPRECATED_FLAGS.items():
+        if flag_scope in (GENERAL, scope):
+            parser.add_argument("--" + name, dest=_DEPRECATED + name, help=f"Deprecated (MRQ 0.9), ignored: {instead}.",
+                                **({"metavar": "VALUE"} if takes_value else {"action": "store_const", "const": True}))
     return parser
+
+
+_DEPRECATED = "deprecated:"
+
+
+def deprecation_warnings(args: argparse.Namespace) -> list[str]:
+    """One line per deprecated MRQ 0.9 flag given on the command line (they are ignored)."""
+    return [f"--{name} is deprecated and ignored: {DEPRECATED_FLAGS[name][2]}"
+            for name in DEPRECATED_FLAGS if hasattr(args, _DEPRECATED + name)]
 
 
 class _ErrorParser(argparse.ArgumentParser):

@@ -228,6 +228,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_recoveries", _parse_int, 3,
            "Times a job may be recovered from a crashed worker before it is marked failed as a poison job.",
            scope=WORKER, minimum=0),
+    Option("task_whitelist", _parse_str_list, [],
+           "Task paths (comma-separated) this worker runs, alone: jobs of other tasks stay queued for other workers "
+           "(regular queues).", scope=WORKER),
+    Option("task_blacklist", _parse_str_list, [],
+           "Task paths (comma-separated) this worker never runs: their jobs stay queued for other workers "
+           "(regular queues).", scope=WORKER),
     Option("scheduler", _parse_bool, False, "Also run the scheduler (SCHEDULER_TASKS) in this worker.",
            scope=WORKER),
     Option("scheduler_interval", _parse_float, 1.0, "Seconds between scheduler checks.", scope=WORKER,
@@ -292,3 +298,24 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+
+#: MRQ 0.9 command-line flags that mrq accepts and ignores, so that old command lines and supervisor
+#: configs still start: name -> (takes a value, command scope, what to do instead). Each one given
+#: prints one deprecation line (config.deprecation_warnings).
+DEPRECATED_FLAGS: dict[str, tuple[bool, str, str]] = {
+    "max_latency": (True, WORKER, "idle workers are woken at once by notifications"),
+    "subqueues_refresh_interval": (True, WORKER, "new subqueues are learnt from notifications (and re-read every 5 s)"),
+    "paused_queues_refresh_interval": (True, WORKER, "workers see a pause within a second"),
+    "report_file": (True, WORKER, "use --admin_port and GET /report"),
+    "agent_id": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
+    "worker_id": (True, WORKER, "worker ids are generated; use --name to label a worker"),
+    "worker_group": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
+    "local_ip": (True, WORKER, "the worker report shows the host name"),
+    "external_ip": (True, WORKER, "the worker report shows the host name"),
+    "worker_class": (True, GENERAL, "Worker subclasses are not loaded; task code and settings cover what they did"),
+    "queue_ttl": (True, GENERAL, "there are no queuesize counters to expire"),
+    "use_large_job_ids": (False, GENERAL, "job ids are ObjectIds"),
+    "no_import_patch": (False, GENERAL, "nothing is patched at import"),
+    "print_mongodb": (False, GENERAL, "use --trace_io"),
+    "log_handler": (True, GENERAL, "use LOG_HANDLERS in the config file"),
+}

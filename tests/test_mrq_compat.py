@@ -247,3 +247,57 @@ def test_job_action_requeue_and_cancel(store: Store, worker_factory: Any) -> Non
                          "unknown param 'wrker'"), ({"action": "cancel", "worker": "nope"}, "worker must be")):
         done = run_command(store.settings, "mrq.cli.run", ["mrq.basetasks.utils.JobAction", json.dumps(bad)])
         assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def wait_idle(port: int) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/wait_for_idle?timeout=15", timeout=20).close()
+
+
+def test_task_whitelist_and_blacklist(store: Store, worker_factory: Any) -> None:
+    from mrq.job import queue_jobs
+    from mrq.queue import Queue
+    from mrq.testing.stack import free_port
+
+    add, echo = "tests.tasks.general.Add", "tests.tasks.general.Echo"
+    first_echo = queue_jobs(echo, [{"n": 0}], queue="mixed")
+    adds = queue_jobs(add, [{"a": i, "b": 1} for i in range(3)], queue="mixed")
+    echos = first_echo + queue_jobs(echo, [{"n": 1}], queue="mixed")
+    port = free_port()
+    only_add = worker_factory("mixed", "--admin_port", str(port), "--greenlets", "2",
+                              "--task_whitelist", f"{add},tests.tasks.general.Fail")
+    for job_id in adds:
+        wait_status(job_id, "success")
+    wait_idle(port)
+    for job_id in echos:  # never taken: still queued, untouched, in their order
+        data = Job(job_id).fetch().data
+        assert data is not None and data["status"] == "queued" and "datestarted" not in data and "worker" not in data
+    assert Queue("mixed").list_job_ids(0, 10) == [str(i) for i in echos]
+    assert only_add.stop() == 0
+
+    port = free_port()
+    worker_factory("mixed", "--admin_port", str(port), "--task_blacklist", add)
+    late_add = queue_job(add, {"a": 5, "b": 5}, queue="mixed")
+    for job_id in echos:
+        wait_status(job_id, "success")
+    wait_idle(port)
+    assert Job(late_add).fetch().status == "queued" and Queue("mixed").list_job_ids(0, 10) == [str(late_add)]
+    worker_factory("mixed")
+    assert wait_status(late_add, "success")["result"] == 10
+
+
+def test_old_worker_flags_start_with_a_warning(store: Store, worker_factory: Any) -> None:
+    worker = worker_factory("--max_latency", "0.5", "--subqueues_refresh_interval", "10", "--use_large_job_ids",
+                            "--worker_class", "mrq.worker.Worker", "--report_file", "/tmp/nothing.json", "default")
+    assert wait_status(queue_job("tests.tasks.general.Add", {"a": 1, "b": 1}), "success")["result"] == 2
+    lines = [line for line in worker.output().splitlines() if "is deprecated and ignored" in line]
+    assert len(lines) == 5 and lines[0].startswith("mrq-worker: warning: --max_latency is deprecated and ignored:")
+
+
+def test_task_filter_bad_paths_stop_the_worker(store: Store, worker_factory: Any) -> None:
+    for flag, value in (("--task_whitelist", "tests.tasks.general.Add,tests.tasks.general.Nope"),
+                        ("--task_blacklist", "not a path"), ("--task_whitelist", "tests.tasks.broken_import.X")):
+        worker = worker_factory(flag, value, wait=False)
+        assert worker.wait(20) == 2
+        assert f"{flag}: " in worker.output() and "is not a task" in worker.output(), worker.output()

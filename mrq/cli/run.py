@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bson import ObjectId
 
     from .. import current
-    from ..config import RUN, build_parser, load_settings
+    from ..config import RUN, build_parser, deprecation_warnings, load_settings
     from ..exceptions import (
         ConfigError,
         InvalidJob,
@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_task_path(args.path)
     except (ConfigError, ValueError, InvalidJob) as exc:
         return fail(prog, str(exc), EXIT_USAGE)
+    for line in deprecation_warnings(args):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
     setup_logging(settings, sys.stderr)
     store = current.set_current_config(settings)
 
