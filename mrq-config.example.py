@@ -30,6 +30,7 @@ MONGODB_TIMEOUT = 5.0  # seconds before a MongoDB server selection or connect gi
 NAME = ""  # worker name shown in reports ("" = <hostname>.<pid>)
 LOG_LEVEL = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL
 LOG_FORMAT = "text"  # "text" for people, "json" (one object per line) for log pipelines
+LOG_HANDLERS = {}  # MRQ's extra handlers of the job logger: {"logging.FileHandler": {"filename": "jobs.log"}}
 LOG_LEVELS = []  # levels of single loggers, e.g. ["mrq.worker=DEBUG", "mrq.scheduler=WARNING"]
 QUIET = False  # do not echo per-job logs to the worker's output
 

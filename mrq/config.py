@@ -253,6 +253,7 @@ def _validate(settings: Settings) -> None:
     for key in ("mongodb_jobs",):
         if not settings[key].startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{key}: expected a mongodb:// URI, got {settings[key]!r}")
+    _validate_log_handlers(settings)
     for item in settings.log_levels:
         name, sep, level = item.partition("=")
         if not sep or not name or level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -263,6 +264,28 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"TASKS: each entry must be 'path': {{...settings...}}, got {path!r}")
         for key, value in task_conf.items():
             _validate_task_key(path, key, value)
+
+
+#: The LOG_HANDLERS entry of MRQ's MongoDB handler: here it only gives mongodb_logs_size.
+MONGO_LOG_HANDLER = "mrq.logger.MongoHandler"
+
+
+def _validate_log_handlers(settings: Settings) -> None:
+    """LOG_HANDLERS is {class path: {arguments}}; MRQ's `mongodb_logs_size` given in the
+    mrq.logger.MongoHandler entry becomes the mongodb_logs_size setting (unless that is set)."""
+    for path, arguments in settings.log_handlers.items():
+        if not isinstance(path, str) or not isinstance(arguments, dict):
+            raise ConfigError(f"LOG_HANDLERS: each entry must be 'module.HandlerClass': {{...arguments...}}, "
+                              f"got {path!r}: {arguments!r}")
+    raw = settings.log_handlers.get(MONGO_LOG_HANDLER, {}).get("mongodb_logs_size")
+    if raw is None or settings.mongodb_logs_size:
+        return
+    try:
+        size = OPTIONS_BY_NAME["mongodb_logs_size"].convert(raw)
+    except ValueError as exc:
+        raise ConfigError(f"LOG_HANDLERS[{MONGO_LOG_HANDLER!r}]['mongodb_logs_size']: {exc}") from None
+    settings.values["mongodb_logs_size"] = size
+    settings.sources["mongodb_logs_size"] = "file"
 
 
 # TASKS entry keys: (parser, minimum)

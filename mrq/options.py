@@ -76,6 +76,11 @@ def _parse_str(value: Any) -> str:
     raise ValueError("a string")
 
 
+def _parse_level(value: Any) -> str:
+    """A logging level name, in any case (MRQ users wrote `--log_level info`)."""
+    return _parse_str(value).strip().upper()
+
+
 def _parse_str_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [part for part in re.split(r"[\s,]+", value.strip()) if part]
@@ -113,6 +118,7 @@ TYPE_NAMES: dict[Callable[[Any], Any], str] = {
     _parse_int: "integer",
     _parse_float: "number",
     _parse_str: "string",
+    _parse_level: "string",
     _parse_str_list: "list of strings",
     _parse_callable_or_path: "callable",
 }
@@ -181,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds before a MongoDB server selection or connect gives up.", minimum=0.1),
     # --- identity, logging
     Option("name", _parse_str, "", "Worker name shown in reports (default: <hostname>.<pid>)."),
-    Option("log_level", _parse_str, "INFO", "Log level of the mrq loggers.",
+    Option("log_level", _parse_level, "INFO", "Log level of the mrq loggers and of LOG_HANDLERS' handlers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Option("log_format", _parse_str, "text", "Log line format of mrq commands: human-readable text, or one JSON object "
            "per line for log pipelines.", choices=("text", "json")),
@@ -293,6 +299,10 @@ OPTIONS: tuple[Option, ...] = (
            cli=False),
     Option("scheduler_tasks", _parse_json(list), [], "Scheduled tasks (see docs/scheduler.md).", cli=False),
     Option("raw_queues", _parse_json(dict), {}, "Raw queue settings by queue name.", cli=False),
+    Option("log_handlers", _parse_json(dict), {},
+           "Extra `logging` handlers for the per-job logger `mrq.current`, as in MRQ: "
+           "`{\"logging.FileHandler\": {\"filename\": ..., \"format\": ..., \"level\": ...}}` (other keys are the "
+           "handler's arguments); a `mrq.logger.MongoHandler` entry only sets `mongodb_logs_size`.", cli=False),
     Option("metric_hook", _parse_callable_or_path, None, "fn(name, incr=1, **kwargs) called for each metric.",
            cli=False),
 )

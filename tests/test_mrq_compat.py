@@ -301,3 +301,50 @@ def test_task_filter_bad_paths_stop_the_worker(store: Store, worker_factory: Any
         worker = worker_factory(flag, value, wait=False)
         assert worker.wait(20) == 2
         assert f"{flag}: " in worker.output() and "is not a task" in worker.output(), worker.output()
+
+
+def test_log_handlers_log_level_bytes_and_capped_logs(store: Store, worker_factory: Any, tmp_path: Any) -> None:
+    from mrq.testing.workers import wait_until
+
+    assert store.logs is not None
+    store.logs.insert_one({"job": ObjectId(), "logs": "written before: not capped yet"})
+    log_file = tmp_path / "jobs.log"
+    config = mrq_config(tmp_path, f'LOG_HANDLERS = {{"logging.FileHandler": {{"filename": "{log_file}", '
+                                  '"format": "%(levelname)s %(message)s"}, '
+                                  '"mrq.logger.MongoHandler": {"mongodb_logs_size": 65536}}\n')
+    worker = worker_factory("--config", config, "--log_level", "info")
+    job_id = queue_job(f"{M09}.LogLines", {})
+    assert wait_status(job_id, "success")["result"] == "logged"
+    options = store.logs.options()
+    assert options["capped"] is True and options["size"] >= 65536  # converted, as MRQ did
+
+    def stored() -> str:
+        assert store.logs is not None
+        return "\n".join(doc["logs"] for doc in store.logs.find({"job": job_id}))
+
+    text = wait_until(lambda: "a warning line" in stored() and stored(), 10, message="job logs stored")
+    assert "latin-1 bytes: caf\ufffd" in text and "formatted na\ufffdve" in text
+    lines = wait_until(lambda: "WARNING a warning line" in log_file.read_text() and log_file.read_text(), 10,
+                       message="the FileHandler got the job's lines")
+    assert "INFO latin-1 bytes: caf\ufffd" in lines and "a debug line" not in lines  # --log_level info
+    assert "a debug line" not in worker.output() and "caf\ufffd" in worker.output()
+    assert any(i["name"] == "job_id" for i in store.logs.list_indexes())  # indexes back after the conversion
+
+
+def test_bad_logging_config_stops_the_worker(store: Store, worker_factory: Any, tmp_path: Any) -> None:
+    cases = [
+        ('LOG_HANDLERS = {"nope.Handler": {}}\n', "LOG_HANDLERS['nope.Handler']: cannot import 'nope.Handler'"),
+        ('LOG_HANDLERS = {"logging.Formatter": {}}\n', "is not a logging.Handler class"),
+        ('LOG_HANDLERS = {"logging.FileHandler": {"no_such_argument": 1}}\n', "cannot build the handler"),
+        ('MONGODB_LOGS_SIZE = "big"\n', "MONGODB_LOGS_SIZE: expected an integer, got 'big'"),
+        ('LOG_HANDLERS = {"mrq.logger.MongoHandler": {"mongodb_logs_size": "16MB"}}\n',
+         "LOG_HANDLERS['mrq.logger.MongoHandler']['mongodb_logs_size']: expected an integer, got '16MB'"),
+    ]
+    for index, (text, message) in enumerate(cases):
+        path = tmp_path / f"config{index}.py"
+        path.write_text(text)
+        worker = worker_factory("--config", str(path), wait=False)
+        assert worker.wait(20) == 2
+        assert message in worker.output(), worker.output()
+    done = run_command(store.settings, "mrq.cli.run", ["--log_level", "loud", "tests.tasks.general.Echo"])
+    assert done.returncode == 2 and "log_level: expected one of" in done.stderr

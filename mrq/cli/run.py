@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(prog, str(exc), EXIT_USAGE)
     for line in deprecation_warnings(args):
         print(f"{prog}: warning: {line}", file=sys.stderr)
-    setup_logging(settings, sys.stderr)
+    try:
+        setup_logging(settings, sys.stderr)
+    except ConfigError as exc:
+        return fail(prog, str(exc), EXIT_USAGE)
     store = current.set_current_config(settings)
 
     if settings.queue:

@@ -45,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in NOT_IMPLEMENTED_YET:
         if settings.sources.get(key) != "default" and settings[key]:
             return fail("mrq-worker", f"--{key} is not implemented yet", EXIT_USAGE)
-    setup_logging(settings, sys.stdout)
+    try:
+        setup_logging(settings, sys.stdout)
+    except ConfigError as exc:
+        return fail("mrq-worker", str(exc), EXIT_USAGE)
     if settings.processes > 0 and not is_subprocess():
         return supervise(settings, args)
     if is_subprocess() and settings.admin_port:
