@@ -348,3 +348,45 @@ def test_bad_logging_config_stops_the_worker(store: Store, worker_factory: Any, 
         assert message in worker.output(), worker.output()
     done = run_command(store.settings, "mrq.cli.run", ["--log_level", "loud", "tests.tasks.general.Echo"])
     assert done.returncode == 2 and "log_level: expected one of" in done.stderr
+
+
+def test_scheduler_state_in_mrq_scheduled_jobs(store: Store, worker_factory: Any, tmp_path: Any) -> None:
+    import datetime
+
+    import pytest
+
+    from mrq.clock import utcnow
+    from mrq.testing.workers import wait_until
+
+    now = utcnow()
+    if now.time() > datetime.time(23, 59, 30) or now.time() < datetime.time(0, 0, 30):
+        pytest.skip("too close to midnight UTC for dailytime entries of today")
+    soon = (now + datetime.timedelta(seconds=4)).time().replace(microsecond=0)
+    passed = (now - datetime.timedelta(seconds=20)).time().replace(microsecond=0)
+    config = mrq_config(tmp_path, f"""import datetime
+SCHEDULER_TASKS = [
+    {{"path": "{M09}.Tick", "params": {{"kind": "interval"}}, "interval": 3600}},
+    {{"path": "{M09}.Tick", "params": {{"kind": "soon"}}, "dailytime": {soon!r}}},
+    {{"path": "{M09}.Tick", "params": {{"kind": "passed"}}, "dailytime": {passed!r}}},
+]
+""")
+    worker_factory("--config", config, "--scheduler")
+    scheduled = store.connections.mongodb_jobs["mrq_scheduled_jobs"]
+
+    def ran(kind: str) -> Any:
+        return store.jobs.find_one({"params.kind": kind, "status": "success"})
+
+    interval_job = wait_until(lambda: ran("interval"), 10, message="interval entry queued at start, as MRQ did")
+    assert ran("soon") is None  # its time of day has not come yet
+    soon_job = wait_until(lambda: ran("soon"), 15, message="dailytime entry queued once its time passed")
+    assert soon_job["datequeued"] >= datetime.datetime.combine(now.date(), soon)
+    docs = {doc["params"]["kind"]: doc for doc in scheduled.find()}
+    assert sorted(docs) == ["interval", "passed", "soon"]  # one document per SCHEDULER_TASKS entry
+    for doc in docs.values():
+        assert {"_id", "hash", "path", "params", "queue", "datelastqueued"} <= set(doc)
+    assert docs["interval"]["interval"] == 3600 and docs["interval"]["lastjob"] == interval_job["_id"]
+    assert docs["soon"]["datelastqueued"] == datetime.datetime.combine(now.date(), soon)
+    assert docs["soon"]["dailytime"] == soon.strftime("%H:%M:%S") and docs["soon"]["lastjob"] == soon_job["_id"]
+    # `passed` was already past today when the entry appeared: not queued today (MRQ's behaviour)
+    assert docs["passed"]["datelastqueued"] == datetime.datetime.combine(now.date(), passed)
+    assert docs["passed"]["lastjob"] is None and store.jobs.count_documents({"params.kind": "passed"}) == 0

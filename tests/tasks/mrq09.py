@@ -50,3 +50,8 @@ def raw_factory(rawparam):
 class Upper(Task):
     def run(self, params):
         return params["value"].upper()
+
+
+class Tick(Task):
+    def run(self, params):
+        return params
