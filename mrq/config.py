@@ -43,6 +43,7 @@ from .options import (
     _parse_int,
     _parse_str,
 )
+from .version import __version__
 
 __all__ = [  # the table lives in mrq/options.py; its names stay importable from here
     "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "DEPRECATED_FLAGS", "ENV_PREFIX", "GENERAL", "OPTIONS",
@@ -134,6 +135,7 @@ def build_parser(scope: str, prog: str | None = None, description: str | None = 
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", "-c", metavar="PATH",
                         help=f"Config file (default: ./{DEFAULT_CONFIG_FILE} when it exists).")
+    parser.add_argument("--version", "-v", action="version", version=f"mrq {__version__}")
     for option in OPTIONS:
         if not option.cli or option.scope not in (GENERAL, scope):
             continue

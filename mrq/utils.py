@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import importlib
+import json
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from bson import ObjectId
@@ -52,3 +55,29 @@ class MovingETA:
         if len(self.points) < 2 or done <= 0 or last_time <= first_time:
             return None
         return (last_time - first_time) / done * last_left
+
+
+class MongoJSONEncoder(json.JSONEncoder):
+    """MRQ's `mrq.utils.MongoJSONEncoder`: `json.dumps(doc, cls=MongoJSONEncoder)` for documents
+    holding dates, ObjectIds, UUIDs, bytes, sets."""
+
+    def default(self, o: Any) -> Any:
+        return json_default(o)
+
+
+def load_class_by_path(path: str) -> Any:
+    """MRQ's `mrq.utils.load_class_by_path`: the object at a dotted path (`module.Name`)."""
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def group_iter(iterator: Iterable[Any], n: int = 2) -> Iterator[list[Any]]:
+    """MRQ's `mrq.utils.group_iter`: the items in lists of `n` (the last one shorter)."""
+    group: list[Any] = []
+    for item in iterator:
+        group.append(item)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group

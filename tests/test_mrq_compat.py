@@ -171,6 +171,16 @@ def test_old_producer_names_and_utils(store: Store) -> None:
     assert eta.next(90, t=30) is None  # the window (3 values) saw no progress
     assert MovingAverage(2).next(4) == 4
 
+    import datetime
+
+    from mrq.utils import MongoJSONEncoder, group_iter, load_class_by_path
+
+    doc = {"_id": job_id, "date": datetime.datetime(2030, 1, 2), "raw": b"caf\xe9"}
+    assert json.loads(json.dumps(doc, cls=MongoJSONEncoder)) == {"_id": str(job_id), "date": "2030-01-02T00:00:00",
+                                                                 "raw": "caf\ufffd"}
+    assert list(group_iter(range(5), 2)) == [[0, 1], [2, 3], [4]]
+    assert load_class_by_path("mrq.utils.MovingETA") is MovingETA
+
 
 def test_admin_root_answers_the_worker_report(store: Store, worker_factory: Any) -> None:
     import urllib.request
@@ -293,6 +303,11 @@ def test_old_worker_flags_start_with_a_warning(store: Store, worker_factory: Any
     assert wait_status(queue_job("tests.tasks.general.Add", {"a": 1, "b": 1}), "success")["result"] == 2
     lines = [line for line in worker.output().splitlines() if "is deprecated and ignored" in line]
     assert len(lines) == 5 and lines[0].startswith("mrq-worker: warning: --max_latency is deprecated and ignored:")
+    from mrq.version import __version__
+
+    for module in ("mrq.cli.worker", "mrq.cli.run"):
+        done = run_command(store.settings, module, ["--version"])
+        assert done.returncode == 0 and done.stdout.strip() == f"mrq {__version__}"
 
 
 def test_task_filter_bad_paths_stop_the_worker(store: Store, worker_factory: Any) -> None:

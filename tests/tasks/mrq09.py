@@ -2,8 +2,9 @@
 
 import json
 
-from mrq.context import connections, get_current_config, log
+from mrq.context import connections, get_current_config, get_current_job, log
 from mrq.task import Task
+from mrq.utils import MongoJSONEncoder
 
 
 class ConfigAsDict(Task):
@@ -54,4 +55,5 @@ class Upper(Task):
 
 class Tick(Task):
     def run(self, params):
+        log.info("tick %s", json.dumps({"job": get_current_job().id, "params": params}, cls=MongoJSONEncoder))
         return params
