@@ -30,6 +30,7 @@ MONGODB_TIMEOUT = 5.0  # seconds before a MongoDB server selection or connect gi
 NAME = ""  # worker name shown in reports ("" = <hostname>.<pid>)
 LOG_LEVEL = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL
 LOG_FORMAT = "text"  # "text" for people, "json" (one object per line) for log pipelines
+LOG_HANDLERS = {}  # MRQ's extra handlers of the job logger: {"logging.FileHandler": {"filename": "jobs.log"}}
 LOG_LEVELS = []  # levels of single loggers, e.g. ["mrq.worker=DEBUG", "mrq.scheduler=WARNING"]
 QUIET = False  # do not echo per-job logs to the worker's output
 
@@ -54,6 +55,8 @@ DEQUEUE_STRATEGY = "sequential"  # "sequential" (strict priority), "parallel" (r
 REPORT_INTERVAL = 5.0  # seconds between worker reports in mrq_workers
 WORKER_LEASE = 15.0  # seconds without renewal after which a worker counts as dead and its jobs are recovered
 MAX_RECOVERIES = 3  # recoveries of a job from crashed workers before it fails as a poison job
+TASK_WHITELIST = []  # task paths this worker runs, alone (MRQ's --task_whitelist a,b); other jobs stay queued
+TASK_BLACKLIST = []  # task paths this worker never runs; their jobs stay queued for other workers
 SCHEDULER = False  # also run the scheduler (SCHEDULER_TASKS) in this worker
 SCHEDULER_INTERVAL = 1.0  # seconds between scheduler checks
 ENSURE_INDEXES = False  # create the MongoDB indexes at start

@@ -29,6 +29,7 @@ from .exceptions import ConfigError
 from .options import (
     DASHBOARD,
     DAY,
+    DEPRECATED_FLAGS,
     ENV_PREFIX,
     GENERAL,
     OPTIONS,
@@ -42,11 +43,12 @@ from .options import (
     _parse_int,
     _parse_str,
 )
+from .version import __version__
 
 __all__ = [  # the table lives in mrq/options.py; its names stay importable from here
-    "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "GENERAL", "OPTIONS", "OPTIONS_BY_NAME", "RUN",
-    "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser", "load_settings", "read_config_file",
-    "reference_markdown",
+    "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "DEPRECATED_FLAGS", "ENV_PREFIX", "GENERAL", "OPTIONS",
+    "OPTIONS_BY_NAME", "RUN", "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser", "deprecation_warnings",
+    "load_settings", "read_config_file", "reference_markdown",
 ]  # fmt: skip
 
 DEFAULT_CONFIG_FILE = "mrq-config.py"
@@ -133,6 +135,7 @@ def build_parser(scope: str, prog: str | None = None, description: str | None = 
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", "-c", metavar="PATH",
                         help=f"Config file (default: ./{DEFAULT_CONFIG_FILE} when it exists).")
+    parser.add_argument("--version", "-v", action="version", version=f"mrq {__version__}")
     for option in OPTIONS:
         if not option.cli or option.scope not in (GENERAL, scope):
             continue
@@ -148,7 +151,20 @@ def build_parser(scope: str, prog: str | None = None, description: str | None = 
         else:
             parser.add_argument(*flags, dest=option.name, metavar=option.type_name.split()[0].upper(),
                                 help=help_text)
+    for name, (takes_value, flag_scope, instead) in DEPRECATED_FLAGS.items():
+        if flag_scope in (GENERAL, scope):
+            parser.add_argument("--" + name, dest=_DEPRECATED + name, help=f"Deprecated (MRQ 0.9), ignored: {instead}.",
+                                **({"metavar": "VALUE"} if takes_value else {"action": "store_const", "const": True}))
     return parser
+
+
+_DEPRECATED = "deprecated:"
+
+
+def deprecation_warnings(args: argparse.Namespace) -> list[str]:
+    """One line per deprecated MRQ 0.9 flag given on the command line (they are ignored)."""
+    return [f"--{name} is deprecated and ignored: {DEPRECATED_FLAGS[name][2]}"
+            for name in DEPRECATED_FLAGS if hasattr(args, _DEPRECATED + name)]
 
 
 class _ErrorParser(argparse.ArgumentParser):
@@ -239,6 +255,7 @@ def _validate(settings: Settings) -> None:
     for key in ("mongodb_jobs",):
         if not settings[key].startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{key}: expected a mongodb:// URI, got {settings[key]!r}")
+    _validate_log_handlers(settings)
     for item in settings.log_levels:
         name, sep, level = item.partition("=")
         if not sep or not name or level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -249,6 +266,28 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"TASKS: each entry must be 'path': {{...settings...}}, got {path!r}")
         for key, value in task_conf.items():
             _validate_task_key(path, key, value)
+
+
+#: The LOG_HANDLERS entry of MRQ's MongoDB handler: here it only gives mongodb_logs_size.
+MONGO_LOG_HANDLER = "mrq.logger.MongoHandler"
+
+
+def _validate_log_handlers(settings: Settings) -> None:
+    """LOG_HANDLERS is {class path: {arguments}}; MRQ's `mongodb_logs_size` given in the
+    mrq.logger.MongoHandler entry becomes the mongodb_logs_size setting (unless that is set)."""
+    for path, arguments in settings.log_handlers.items():
+        if not isinstance(path, str) or not isinstance(arguments, dict):
+            raise ConfigError(f"LOG_HANDLERS: each entry must be 'module.HandlerClass': {{...arguments...}}, "
+                              f"got {path!r}: {arguments!r}")
+    raw = settings.log_handlers.get(MONGO_LOG_HANDLER, {}).get("mongodb_logs_size")
+    if raw is None or settings.mongodb_logs_size:
+        return
+    try:
+        size = OPTIONS_BY_NAME["mongodb_logs_size"].convert(raw)
+    except ValueError as exc:
+        raise ConfigError(f"LOG_HANDLERS[{MONGO_LOG_HANDLER!r}]['mongodb_logs_size']: {exc}") from None
+    settings.values["mongodb_logs_size"] = size
+    settings.sources["mongodb_logs_size"] = "file"
 
 
 # TASKS entry keys: (parser, minimum)

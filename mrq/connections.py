@@ -177,11 +177,13 @@ class Connections:
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
         self._mongo_clients: dict[str, pymongo.MongoClient] = {}
+        self._named_redis: dict[str, redis.Redis] = {}
 
     # A forked child must not reuse the parent's sockets.
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:
             self._redis = None
+            self._named_redis = {}
             self._mongo_clients = {}  # the parent's clients are abandoned, not closed (sockets are shared)
             self._pid = os.getpid()
 
@@ -221,6 +223,37 @@ class Connections:
         if setting == "1":
             return self.mongodb_jobs
         return self._mongo_client(setting)[mongo_database_name(setting)]
+
+    def named(self, name: str) -> Any:
+        """An extra connection from a config-file key, as MRQ's `connections.redis_<name>`: the
+        `REDIS_<NAME>` URI gives a Redis client with the main client's options (pool size,
+        timeouts), `MONGODB_<NAME>` a MongoDB database; created on first use, then reused. A
+        value that is not a string (a client built in the config file) is returned as it is.
+        Raises AttributeError when the key is not in the config, ConfigError naming the key when
+        its URI is invalid."""
+        key = name.upper()
+        if name in self.settings.values or name not in self.settings.extra:
+            raise AttributeError(f"no connection named {name!r}: the config has no {key} URI")
+        value = self.settings.extra[name]
+        if not isinstance(value, str):
+            return value
+        self._check_fork()
+        try:
+            if name.startswith("mongodb_"):
+                if not value.startswith(("mongodb://", "mongodb+srv://")):
+                    raise ConfigError(f"invalid MongoDB URI {redact_uri(value)}: expected mongodb://")
+                return self._mongo_client(value)[mongo_database_name(value)]
+            client = self._named_redis.get(name)
+            if client is None:
+                with self._lock:
+                    client = self._named_redis.get(name)
+                    if client is None:
+                        s = self.settings
+                        client = make_redis(value, max_connections=s.redis_max_connections, timeout=s.redis_timeout)
+                        self._named_redis[name] = client
+            return client
+        except ConfigError as exc:
+            raise ConfigError(f"config key {key}: {exc}") from None
 
     def check_redis(self) -> None:
         """Ping Redis; raise StoreUnavailable with a one-line reason if it cannot be reached."""
@@ -272,6 +305,13 @@ class Connections:
             except Exception:
                 pass
             self._redis = None
+        for named in self._named_redis.values():
+            try:
+                named.close()
+                named.connection_pool.disconnect()
+            except Exception:
+                pass
+        self._named_redis = {}
         for client in self._mongo_clients.values():
             client.close()
         self._mongo_clients = {}

@@ -46,27 +46,59 @@ get_current_worker = current.get_current_worker
 set_current_job = current.set_current_job
 
 
-def get_current_config() -> Settings:
-    """The settings in use (a Settings object; `config["key"]` works as in MRQ)."""
-    return current.get_current_config()
+class ConfigDict(dict[str, Any]):
+    """MRQ's config: a real dict of lowercase keys (every setting and every uppercase key of the
+    config file), so task code can `[...]`, `.get()`, set keys and return or log it as JSON.
+    Attribute access (`config.redis_prefix`) also works. Keys set here are seen by later
+    `get_current_config()` calls of this process; mrq's own code reads its `Settings`, which
+    assignments here do not change."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"unknown setting {name!r}") from None
 
 
-def setup_context(**overrides: Any) -> Settings:
+_config_dicts: dict[int, tuple[Settings, ConfigDict]] = {}
+
+
+def get_current_config() -> ConfigDict:
+    """The configuration in use, as MRQ returned it: a dict with lowercase keys (one per process
+    and settings, so that keys a task sets stay visible to the next call)."""
+    settings = current.get_current_config()
+    cached = _config_dicts.get(id(settings))
+    if cached is None or cached[0] is not settings:
+        _config_dicts.clear()  # the settings were replaced: start from them
+        config = ConfigDict(settings.values)
+        config.update(settings.extra)
+        cached = _config_dicts[id(settings)] = (settings, config)
+    return cached[1]
+
+
+def setup_context(**overrides: Any) -> ConfigDict:
     """For standalone scripts: read the config file and MRQ_* environment, plus `overrides`
-    (e.g. `setup_context(redis="redis://...", mongodb_jobs="mongodb://...")`)."""
+    (e.g. `setup_context(redis="redis://...", mongodb_jobs="mongodb://...")`). Returns the config
+    as get_current_config() does."""
     current.setup_from_environment(**overrides)
-    return current.get_current_config()
+    return get_current_config()
 
 
 class _Connections:
     """`connections.redis`, `connections.mongodb_jobs`, `connections.mongodb_logs` of the
-    current context, created on first use."""
+    current context, and as in MRQ, `connections.redis_<name>` / `connections.mongodb_<name>` for
+    each `REDIS_<NAME>` / `MONGODB_<NAME>` URI of the config file: all created on first use."""
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         conns = current.get_current_store().connections
         if name in ("redis", "mongodb_jobs", "mongodb_logs"):
             return getattr(conns, name)
-        raise AttributeError(f"no connection named {name!r} (redis, mongodb_jobs, mongodb_logs)")
+        if name.startswith(("redis_", "mongodb_")):
+            return conns.named(name)
+        raise AttributeError(f"no connection named {name!r} (redis, mongodb_jobs, mongodb_logs, or redis_<name> / "
+                             "mongodb_<name> from a REDIS_<NAME> / MONGODB_<NAME> config key)")
 
     def reset(self) -> None:
         current.get_current_store().connections.close()

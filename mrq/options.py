@@ -76,6 +76,11 @@ def _parse_str(value: Any) -> str:
     raise ValueError("a string")
 
 
+def _parse_level(value: Any) -> str:
+    """A logging level name, in any case (MRQ users wrote `--log_level info`)."""
+    return _parse_str(value).strip().upper()
+
+
 def _parse_str_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [part for part in re.split(r"[\s,]+", value.strip()) if part]
@@ -113,6 +118,7 @@ TYPE_NAMES: dict[Callable[[Any], Any], str] = {
     _parse_int: "integer",
     _parse_float: "number",
     _parse_str: "string",
+    _parse_level: "string",
     _parse_str_list: "list of strings",
     _parse_callable_or_path: "callable",
 }
@@ -181,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds before a MongoDB server selection or connect gives up.", minimum=0.1),
     # --- identity, logging
     Option("name", _parse_str, "", "Worker name shown in reports (default: <hostname>.<pid>)."),
-    Option("log_level", _parse_str, "INFO", "Log level of the mrq loggers.",
+    Option("log_level", _parse_level, "INFO", "Log level of the mrq loggers and of LOG_HANDLERS' handlers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Option("log_format", _parse_str, "text", "Log line format of mrq commands: human-readable text, or one JSON object "
            "per line for log pipelines.", choices=("text", "json")),
@@ -228,6 +234,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_recoveries", _parse_int, 3,
            "Times a job may be recovered from a crashed worker before it is marked failed as a poison job.",
            scope=WORKER, minimum=0),
+    Option("task_whitelist", _parse_str_list, [],
+           "Task paths (comma-separated) this worker runs, alone: jobs of other tasks stay queued for other workers "
+           "(regular queues).", scope=WORKER),
+    Option("task_blacklist", _parse_str_list, [],
+           "Task paths (comma-separated) this worker never runs: their jobs stay queued for other workers "
+           "(regular queues).", scope=WORKER),
     Option("scheduler", _parse_bool, False, "Also run the scheduler (SCHEDULER_TASKS) in this worker.",
            scope=WORKER),
     Option("scheduler_interval", _parse_float, 1.0, "Seconds between scheduler checks.", scope=WORKER,
@@ -287,8 +299,33 @@ OPTIONS: tuple[Option, ...] = (
            cli=False),
     Option("scheduler_tasks", _parse_json(list), [], "Scheduled tasks (see docs/scheduler.md).", cli=False),
     Option("raw_queues", _parse_json(dict), {}, "Raw queue settings by queue name.", cli=False),
+    Option("log_handlers", _parse_json(dict), {},
+           "Extra `logging` handlers for the per-job logger `mrq.current`, as in MRQ: "
+           "`{\"logging.FileHandler\": {\"filename\": ..., \"format\": ..., \"level\": ...}}` (other keys are the "
+           "handler's arguments); a `mrq.logger.MongoHandler` entry only sets `mongodb_logs_size`.", cli=False),
     Option("metric_hook", _parse_callable_or_path, None, "fn(name, incr=1, **kwargs) called for each metric.",
            cli=False),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {opt.name: opt for opt in OPTIONS}
+
+#: MRQ 0.9 command-line flags that mrq accepts and ignores, so that old command lines and supervisor
+#: configs still start: name -> (takes a value, command scope, what to do instead). Each one given
+#: prints one deprecation line (config.deprecation_warnings).
+DEPRECATED_FLAGS: dict[str, tuple[bool, str, str]] = {
+    "max_latency": (True, WORKER, "idle workers are woken at once by notifications"),
+    "subqueues_refresh_interval": (True, WORKER, "new subqueues are learnt from notifications (and re-read every 5 s)"),
+    "paused_queues_refresh_interval": (True, WORKER, "workers see a pause within a second"),
+    "report_file": (True, WORKER, "use --admin_port and GET /report"),
+    "agent_id": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
+    "worker_id": (True, WORKER, "worker ids are generated; use --name to label a worker"),
+    "worker_group": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
+    "local_ip": (True, WORKER, "the worker report shows the host name"),
+    "external_ip": (True, WORKER, "the worker report shows the host name"),
+    "worker_class": (True, GENERAL, "Worker subclasses are not loaded; task code and settings cover what they did"),
+    "queue_ttl": (True, GENERAL, "there are no queuesize counters to expire"),
+    "use_large_job_ids": (False, GENERAL, "job ids are ObjectIds"),
+    "no_import_patch": (False, GENERAL, "nothing is patched at import"),
+    "print_mongodb": (False, GENERAL, "use --trace_io"),
+    "log_handler": (True, GENERAL, "use LOG_HANDLERS in the config file"),
+}

@@ -1,5 +1,6 @@
 """Checks a worker makes when it starts, each a loud warning rather than a refusal: the things
-that silently lose jobs or confuse timings in production."""
+that silently lose jobs or confuse timings in production. Also, with `mongodb_logs_size`, making
+`mrq_logs` a capped collection (as MRQ did), with a warning when MongoDB refuses."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pymongo.errors
 import redis
 
 from .backoff import STORE_ERRORS
-from .storage.mongo import INDEXES, LOGS, ensure_indexes, missing_indexes
+from .storage.mongo import INDEXES, LOGS, ensure_capped_logs, ensure_indexes, missing_indexes
 
 if TYPE_CHECKING:
     from .store import Store
@@ -68,12 +69,18 @@ def clock_skew(client: redis.Redis, clock: Callable[[], float] = time.time) -> f
 def run_startup_checks(store: Store, ensure: bool) -> None:
     """Advisory checks: each logs a warning when something is off; a store that does not answer
     one (a timeout, a managed Redis without CONFIG) skips it, never stops the worker."""
-    for check in (_check_eviction, _check_clock, (lambda s: None) if ensure else _check_indexes):
+    for check in (_cap_logs, _check_eviction, _check_clock, (lambda s: None) if ensure else _check_indexes):
         try:
             check(store)
         except CHECK_ERRORS as exc:
             log.warning("start-up check skipped (%s: %s)", type(exc).__name__, str(exc).splitlines()[0][:200]
                         if str(exc) else "")
+
+
+def _cap_logs(store: Store) -> None:
+    logs, size = store.connections.mongodb_logs, store.settings.mongodb_logs_size
+    if logs is not None and size:
+        log.info("mrq_logs: a capped collection of %d bytes (%s)", size, ensure_capped_logs(logs, size))
 
 
 def _check_eviction(store: Store) -> None:

@@ -549,6 +549,21 @@ def test_capped_collection_trims_by_size(mongo_db: Database) -> None:
     assert kept == list(range(100 - len(kept), 100))
 
 
+def test_convert_to_capped_keeps_the_newest_documents_and_the_id_index(mongo_db: Database) -> None:
+    logs = mongo_db["logs"]
+    logs.insert_many([{"i": i, "pad": "x" * 200} for i in range(100)])
+    logs.create_index("i", name="by_i")
+    mongo_db.command("convertToCapped", "logs", size=8192)
+    assert logs.options()["capped"] is True and logs.options()["size"] >= 8192
+    kept = [d["i"] for d in logs.find()]
+    assert 0 < len(kept) < 50 and kept == list(range(100 - len(kept), 100))
+    assert [info["name"] for info in logs.list_indexes()] == ["_id_"]
+    logs.insert_many([{"i": 100 + i, "pad": "x" * 200} for i in range(50)])
+    assert max(d["i"] for d in logs.find()) == 149 and logs.count_documents({}) < 50
+    with pytest.raises(OperationFailure):
+        mongo_db.command("convertToCapped", "missing", size=8192)
+
+
 def test_create_existing_collection_fails(mongo_db: Database) -> None:
     mongo_db.create_collection("c")
     with pytest.raises(CollectionInvalid):

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bson import ObjectId
 
     from .. import current
-    from ..config import RUN, build_parser, load_settings
+    from ..config import RUN, build_parser, deprecation_warnings, load_settings
     from ..exceptions import (
         ConfigError,
         InvalidJob,
@@ -77,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         validate_task_path(args.path)
     except (ConfigError, ValueError, InvalidJob) as exc:
         return fail(prog, str(exc), EXIT_USAGE)
-    setup_logging(settings, sys.stderr)
+    for line in deprecation_warnings(args):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
+    try:
+        setup_logging(settings, sys.stderr)
+    except ConfigError as exc:
+        return fail(prog, str(exc), EXIT_USAGE)
     store = current.set_current_config(settings)
 
     if settings.queue:

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     monkey.patch_all()
 
-    from ..config import WORKER, build_parser, load_settings
+    from ..config import WORKER, build_parser, deprecation_warnings, load_settings
     from ..exceptions import ConfigError, InvalidQueueName
     from ..log import setup_logging
     from ..processes import is_subprocess
@@ -40,10 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=WORKER, parser=parser)
     except ConfigError as exc:
         return fail("mrq-worker", str(exc), EXIT_USAGE)
+    for line in deprecation_warnings(args):
+        print(f"mrq-worker: warning: {line}", file=sys.stderr)
     for key in NOT_IMPLEMENTED_YET:
         if settings.sources.get(key) != "default" and settings[key]:
             return fail("mrq-worker", f"--{key} is not implemented yet", EXIT_USAGE)
-    setup_logging(settings, sys.stdout)
+    try:
+        setup_logging(settings, sys.stdout)
+    except ConfigError as exc:
+        return fail("mrq-worker", str(exc), EXIT_USAGE)
     if settings.processes > 0 and not is_subprocess():
         return supervise(settings, args)
     if is_subprocess() and settings.admin_port:

@@ -171,6 +171,36 @@ def cancel_batch(store: Store, found: list[dict[str, Any]]) -> int:
     return int(changed)
 
 
+# --- bulk, by filter ----------------------------------------------------------------------------------
+
+
+def act_on_matching(store: Store, action: str, query: dict[str, Any], *, queue: str | None = None) -> int:
+    """MRQ's JobAction actions on every job matching `query`, in batches through cancel_batch and
+    requeue_batch (what the dashboard's bulk actions use): `cancel` (waiting jobs only: a running
+    job is aborted, not cancelled), `requeue` (retry_count back to 0) and `requeue_retry` (keeps
+    it), both for jobs neither queued nor running, onto `queue` if given. Returns how many jobs
+    changed."""
+    asked = query.get("status")
+    if action == "cancel":
+        allowed: Any = {"$in": sorted(STARTABLE_STATUSES if asked is None else
+                                      {s for s in ([asked] if isinstance(asked, str) else asked.get("$in", []))
+                                       if s in STARTABLE_STATUSES})}
+    elif action in ("requeue", "requeue_retry"):
+        allowed = _narrow(asked, {"$nin": list(NOT_REQUEUABLE)})
+    else:
+        raise ValueError(f"unknown action {action!r} (cancel, requeue, requeue_retry)")
+    if not allowed.get("$in", True):
+        return 0
+    changed = 0
+    for found in pages(store, {**query, "status": allowed}, {"queue": 1, "path": 1}):
+        if action == "cancel":
+            changed += cancel_batch(store, found)
+        else:
+            changed += requeue_batch(store, [doc["_id"] for doc in found], allowed,
+                                     reset_retry_count=action == "requeue", queue=queue)
+    return changed
+
+
 # --- a dead worker's jobs ---------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@
 - regular.py: job documents in MongoDB, ids in Redis (the safe default).
 - raw.py: parameters in Redis only (`_raw`, `_set`, `_sorted_set`, `_timed_set`).
 - introspection.py: sizes, paused flags, counts per status.
+- producer.py: queueing jobs (`queue_job(s)`, `queue_raw_jobs`, MRQ's `send_task(s)`, `send_raw_tasks`).
 """
 
 from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, restore_paused, resume_queue
@@ -19,6 +20,10 @@ from .raw import (
     raw_queue_config,
 )
 from .regular import RegularQueue
+
+# isort: split
+# Last: the producer uses mrq.lifecycle, which imports the queue classes above from this package.
+from .producer import queue_job, queue_jobs, queue_raw_jobs, send_raw_tasks, send_task, send_tasks
 
 __all__ = [
     "Queue",
@@ -36,10 +41,16 @@ __all__ = [
     "pause_queue",
     "paused_queues",
     "queue_infos",
+    "queue_job",
+    "queue_jobs",
     "queue_kind",
+    "queue_raw_jobs",
     "raw_queue_config",
     "restore_paused",
     "resume_queue",
+    "send_raw_tasks",
+    "send_task",
+    "send_tasks",
     "status_counts",
     "subqueue_names",
 ]

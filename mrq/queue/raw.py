@@ -128,10 +128,11 @@ class RawQueue(Queue):
 
     def enqueue_raw_jobs(self, params: Iterable[Any] | Mapping[Any, float]) -> int:
         """Add raw params (a list; for sorted and timed sets also a dict param -> score). Every
-        param is checked before anything is written. Returns how many were given."""
+        param is checked before anything is written. Returns how many were given. As in MRQ, the
+        queue's kind comes from its name and its RAW_QUEUES entry is only read by the worker that
+        takes the params, so a producer needs no RAW_QUEUES."""
         if self.name.endswith("/"):
             validate_queue_name(self.name)  # raises: one cannot queue on "root/"
-        self.config  # noqa: B018 - a raw queue without a RAW_QUEUES entry is refused here
         members = self._members(params)
         if not members:
             return 0

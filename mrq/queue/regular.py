@@ -77,6 +77,18 @@ class RegularQueue(Queue):
         )
         return strings(ids), (float(next_due) if next_due else None)
 
+    def take_ids(self, ids: Sequence[str], worker_id: str, now: float | None = None) -> tuple[list[str], float | None]:
+        """Atomically move the given ids (read with `list_job_ids` a moment ago) into the worker's
+        running set, leaving every other id in place (take_ids.lua). Returns the ids taken (those
+        still listed, not cancelled) and the due time of the earliest delayed id (or None)."""
+        keys = self.store.keys
+        taken, next_due = self.store.scripts.take_ids(
+            keys=[keys.queue_ids(self.name), keys.queue_running(self.name, worker_id),
+                  keys.queue_delayed(self.name), keys.queue_cancelled(self.name)],
+            args=[repr(time.time() if now is None else now), "R" if self.is_reverse else "L", *ids],
+        )
+        return strings(taken), (float(next_due) if next_due else None)
+
     def ack(self, worker_id: str, ids: Sequence[str], pipe: Any = None, *, not_started: bool = False) -> None:
         """The ids' final statuses are stored: out of the running set. `not_started`: ids taken but
         not run (cancelled meanwhile...): their cancel marks go too (no copy of them is left in the

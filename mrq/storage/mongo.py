@@ -93,9 +93,38 @@ def _pattern(keys: Any) -> tuple[tuple[str, int], ...]:
 def _missing(collection: pymongo.collection.Collection, indexes: list[Index]) -> list[Index]:
     """The indexes the collection lacks. An index on the same keys under another name (MRQ 0.9
     created `dateexpires_1`, `status_1`, `hash_1`...) counts as present: MongoDB refuses a second
-    index on the same keys, and the existing one serves the same queries."""
+    index on the same keys, and the existing one serves the same queries. A capped collection
+    (mrq_logs with mongodb_logs_size) takes no TTL index: MongoDB does not support one there, and
+    the cap is what removes old documents."""
     names, patterns = _existing(collection)
-    return [index for index in indexes if index.name not in names and _pattern(index.keys) not in patterns]
+    missing = [index for index in indexes if index.name not in names and _pattern(index.keys) not in patterns]
+    if any("expireAfterSeconds" in index.options for index in missing) and is_capped(collection):
+        missing = [index for index in missing if "expireAfterSeconds" not in index.options]
+    return missing
+
+
+def is_capped(collection: pymongo.collection.Collection) -> bool:
+    return bool(collection.options().get("capped"))
+
+
+def ensure_capped_logs(logs_db: pymongo.database.Database, size: int) -> str:
+    """Make mrq_logs a capped collection of `size` bytes (`mongodb_logs_size`): created so, or, as
+    MRQ did, converted (MongoDB's convertToCapped keeps the newest documents that fit and drops
+    the indexes, created again here). A collection already capped is left as it is (to resize it,
+    convert it again by hand). Returns "created", "converted" or "capped"."""
+    collection = logs_db[LOGS]
+    try:
+        logs_db.create_collection(LOGS, capped=True, size=size)
+        outcome = "created"
+    except pymongo.errors.CollectionInvalid:  # it exists
+        if is_capped(collection):
+            return "capped"
+        logs_db.command("convertToCapped", LOGS, size=size)
+        outcome = "converted"
+    missing = _missing(collection, INDEXES[LOGS])
+    if missing:
+        collection.create_indexes([index.model() for index in missing])
+    return outcome
 
 
 def ensure_indexes(jobs_db: pymongo.database.Database, logs_db: pymongo.database.Database | None) -> list[str]:

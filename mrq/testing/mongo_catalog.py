@@ -56,6 +56,11 @@ class Catalog:
             if key in documents:
                 cap["sizes"][key] = _bson_size(documents[key])
                 cap["total"] += cap["sizes"][key]
+        self._capped_trim(cap, documents)
+
+    @staticmethod
+    def _capped_trim(cap: Doc, documents: Any) -> None:
+        """Remove the oldest documents until the collection fits its size (and max)."""
         while len(documents) > 1 and ((cap["max"] and len(documents) > cap["max"]) or cap["total"] > cap["size"]):
             key = next(iter(documents))
             del documents[key]
@@ -80,6 +85,20 @@ class Catalog:
             size = max(4096, -(-int(cmd["size"]) // 256) * 256)  # rounded up like MongoDB
             self.capped[db, name] = {"size": size, "max": int(cmd.get("max") or 0), "sizes": {}, "total": 0}
         store.create(**{k: v for k, v in cmd.items() if k in store._supported_options})
+        return {"ok": 1.0}
+
+    def cmd_converttocapped(self, db: str, cmd: Doc, conn_id: int) -> Doc:
+        """As mongod: the collection becomes capped at `size` bytes (its oldest documents go if it
+        is larger), keeping only its _id index."""
+        name = cmd["convertToCapped"]
+        if not cmd.get("size"):
+            raise CommandError(72, "the 'size' field is required when converting to a capped collection")
+        coll = self._existing(db, name)
+        size = max(4096, -(-int(cmd["size"]) // 256) * 256)
+        self.capped[db, name] = {"size": size, "max": 0, "sizes": {}, "total": 0}
+        self._capped_recount(db, name, coll)
+        self._capped_trim(self.capped[db, name], coll._store._documents)
+        coll._store.indexes.clear()
         return {"ok": 1.0}
 
     def cmd_listcollections(self, db: str, cmd: Doc, conn_id: int) -> Doc:

@@ -73,6 +73,7 @@ _CANONICAL_NAMES = {name.lower(): name for name in (
     "renameCollection", "collStats", "dbStats", "killCursors", "hello", "isMaster", "ping", "buildInfo",
     "serverStatus", "endSessions", "killSessions", "killAllSessions", "commitTransaction", "abortTransaction",
     "saslStart", "saslContinue", "createUser", "updateUser", "dropUser", "usersInfo", "connectionStatus",
+    "convertToCapped",
 )}  # fmt: skip
 #: Codes of the refusals the server logs: unauthorized, authentication failed, no indexed plan.
 _LOGGED_CODES = (13, 18, 291)

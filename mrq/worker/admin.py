@@ -1,6 +1,7 @@
 """The worker's admin HTTP server (`--admin_port`, loopback by default).
 
-- `GET /report`: the worker report plus each running job's current Python stack;
+- `GET /` and `GET /report`: the worker report (with MRQ's `_id`, the worker id, and `status`)
+  plus each running job's current Python stack;
 - `GET /metrics`: Prometheus metrics;
 - `GET /wait_for_idle?timeout=30`: answers `idle` once the worker has no running job and its
   queues were empty at its last look (tests and scripts use it), or 504 after the timeout.
@@ -91,7 +92,7 @@ class AdminServer:
                                                     ("WWW-Authenticate", 'Bearer realm="mrq worker"')])
                 return [b'{"error": "authentication required (Authorization: Bearer <admin_token>)"}']
         if path in ("/", "/report"):
-            report = build_report(self.worker)
+            report = {"_id": self.worker.id, **build_report(self.worker)}  # `_id`: as MRQ's report
             stacks = job_stacks(self.worker)
             for job in report["jobs"]:
                 job["stack"] = stacks.get(str(job["id"]), [])

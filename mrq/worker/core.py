@@ -55,6 +55,7 @@ from .outcomes import OutcomeRecorder
 from .report import build_report
 from .selection import QueueSelector
 from .starting import JobStarter
+from .taskfilter import TaskFilter
 from .tracing import JobTracing
 from .watchdog import EXIT_RUNAWAY, Watchdog
 from .writer import StatusWriter
@@ -97,7 +98,8 @@ class Worker:
         self.leases = Leases(self.store.redis, self.store.keys)
         self.graceful_stop = False
         self.shutdown_now = False
-        self.selector = QueueSelector(self.store, settings.queues, settings.dequeue_strategy, self)
+        self.selector = QueueSelector(self.store, settings.queues, settings.dequeue_strategy, self,
+                                      TaskFilter.from_settings(settings))
         self._check_raw_queues()
         self.starter = JobStarter(self.store, self.held, self.oid, self.running, self.writer.pending)
         self.wake = gevent.event.Event()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backoff import STORE_ERRORS, retry_through_outage
 from ..queue import Queue, RegularQueue, is_paused_in, subqueue_names
+from .taskfilter import TaskFilter
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -83,10 +84,12 @@ class SelectorHost(Protocol):
 
 
 class QueueSelector:
-    def __init__(self, store: Store, names: list[str], strategy: str, host: SelectorHost) -> None:
+    def __init__(self, store: Store, names: list[str], strategy: str, host: SelectorHost,
+                 task_filter: TaskFilter | None = None) -> None:
         self.store = store
         self.strategy = strategy
         self.host = host
+        self.task_filter = task_filter  # --task_whitelist / --task_blacklist (regular queues)
         self.entries: list[Queue | SubqueueGroup] = [
             SubqueueGroup(store, name[:-1]) if name.endswith("/") else Queue(name, store) for name in names
         ]
@@ -179,6 +182,8 @@ class QueueSelector:
         def attempt() -> tuple[list[Any], float | None]:
             nonlocal failures
             try:
+                if self.task_filter is not None and isinstance(queue, RegularQueue):
+                    return self.task_filter.take(queue, count, self.host.id)
                 return queue.dequeue(count, self.host.id)
             except STORE_ERRORS:
                 failures += 1

@@ -1,0 +1,232 @@
+"""Queueing jobs: the MRQ-compatible producer functions (`queue_job`, `queue_jobs`,
+`queue_raw_jobs`, and MRQ's older `send_task`, `send_tasks`, `send_raw_tasks`), importable from
+here, from mrq.job and from mrq.context.
+
+A job is queued by inserting its document (`queued`) in MongoDB, then pushing its id on its
+queue in Redis; if the push fails for good the documents are removed, so that an error means
+"not queued". A raw queue only needs its name: its RAW_QUEUES entry is the worker's business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import bson
+import pymongo
+import pymongo.errors
+import redis.exceptions
+from bson import ObjectId
+
+from .. import current
+from ..clock import utcnow
+from ..connections import redact_text, redact_uri
+from ..exceptions import InvalidJob, StoreUnavailable
+from ..helpers import emit_metric
+from ..lifecycle import documents
+from ..lifecycle.statuses import DEFAULT_QUEUE, QUEUED
+from ..storage.keys import validate_queue_name
+from ..task import load_task, validate_task_path
+from .base import Queue, queue_kind
+from .raw import RawQueue
+from .regular import RegularQueue
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+#: MongoDB refuses documents over 16 MiB; keep room for the fields added while the job runs.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
+#: mongod stores documents nested at most 180 levels (its manual promises 100); the job document
+#: is one level above its params.
+MAX_PARAMS_DEPTH = 179
+
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """Levels of non-empty dicts and lists in `value` as MongoDB counts them, stopping past
+    `limit` (iterative: a hostile value cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, (dict, list, tuple)) or not item:
+            continue
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _check_document(doc: dict[str, Any], index: int) -> None:
+    if nesting_depth(doc.get("params"), MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH:
+        where = f"params #{index}" if index else "params"
+        raise InvalidJob(f"{where} nest more than {MAX_PARAMS_DEPTH} levels of dicts and lists; MongoDB refuses "
+                         "documents nested that deep")
+    try:
+        size = len(bson.encode(doc))
+    except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+        where = f"params #{index}" if index else "params"
+        raise InvalidJob(f"{where} cannot be stored in MongoDB: {exc}") from None
+    if size > MAX_DOCUMENT_BYTES:
+        raise InvalidJob(
+            f"params #{index} make a {size / 1048576:.1f} MiB job document; MongoDB documents are limited to "
+            "16 MiB (store large data elsewhere and pass a reference)"
+        )
+
+
+def resolve_queue(store: Store, path: str, queue: str | None) -> str:
+    name = queue or store.task_settings(path).queue or DEFAULT_QUEUE
+    return validate_queue_name(name)
+
+
+def queue_jobs(
+    path: str,
+    params_list: Sequence[Mapping[str, Any]],
+    queue: str | None = None,
+    batch_size: int = 1000,
+    *,
+    store: Store | None = None,
+    ids: Sequence[ObjectId] | None = None,
+) -> list[ObjectId]:
+    """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
+    pipeline per batch. Everything is validated before anything is stored.
+
+    `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
+    current context's (see mrq.context.setup_context). `ids` (one per params dict) are the job
+    ids to use instead of new ones; a job whose id exists already is not queued again and is left
+    out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
+    store = store or _current_store()
+    validate_task_path(path)
+    queue = resolve_queue(store, path, queue)
+    if queue_kind(queue) != "regular":
+        raise InvalidJob(f"queue {queue!r} is a raw queue: use queue_raw_jobs() to put parameters on it")
+    if batch_size < 1:
+        raise InvalidJob("batch_size must be >= 1")
+    params_list = list(params_list)
+    if ids is not None and (len(ids) != len(params_list) or not all(isinstance(i, ObjectId) for i in ids)):
+        raise InvalidJob("ids must be one ObjectId per params dict")
+    now = utcnow()
+    docs = []
+    for index, params in enumerate(params_list):
+        if not isinstance(params, Mapping):
+            raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
+        doc = documents.new_job(ObjectId() if ids is None else ids[index], path, dict(params), queue, now)
+        _check_document(doc, index)
+        docs.append(doc)
+
+    queued: list[ObjectId] = []
+    for start in range(0, len(docs), batch_size):
+        batch = docs[start:start + batch_size]
+        try:
+            store.jobs.insert_many(batch, ordered=ids is None)
+        except pymongo.errors.BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or [{}]
+            refused = [error for error in errors if error.get("code") != 11000]
+            if refused or ids is None:
+                # The server refused a document (a validator, a limit): not an outage. Remove what
+                # this batch inserted so that the error means "these were not queued".
+                store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}, "status": QUEUED})
+                first = (refused or errors)[0]
+                raise InvalidJob(
+                    f"MongoDB refused job #{start + int(first.get('index', 0))}: {first.get('errmsg', exc)}"
+                    + (f" ({len(queued)} jobs of earlier batches were queued)" if queued else "")
+                ) from None
+            existing = {error["index"] for error in errors}  # these ids were queued before: skip them
+            _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
+            batch = [doc for index, doc in enumerate(batch) if index not in existing]
+        except pymongo.errors.PyMongoError as exc:
+            raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
+        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
+        _push_ids(store, queue, batch_ids)
+        queued.extend(batch_ids)
+    return queued
+
+
+def _push_unpushed(store: Store, queue: str, ids: list[ObjectId]) -> None:
+    """Ids queued before by an attempt that may have failed between its insert and its push (and
+    its clean-up): those still `queued` well after that attempt are pushed again. If the first push
+    did happen, workers drop the second copy (the job will have started)."""
+    settled = utcnow() - timedelta(seconds=store.settings.redis_timeout + 1)
+    try:
+        waiting = [doc["_id"] for doc in store.jobs.find(
+            {"_id": {"$in": ids}, "status": QUEUED, "datequeued": {"$lt": settled}}, {"_id": 1})]
+    except pymongo.errors.PyMongoError as exc:
+        raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+    if waiting:
+        _push_ids(store, queue, waiting, just_inserted=False)
+
+
+def _push_ids(store: Store, queue: str, ids: list[ObjectId], *, just_inserted: bool = True) -> None:
+    """Push ids on their queue and wake the idle workers. Retried for a few seconds; if Redis stays
+    down the just-inserted documents are removed so that the error means "not queued"."""
+    deadline = time.monotonic() + store.settings.redis_timeout
+    delay = 0.05
+    while True:
+        try:
+            RegularQueue(queue, store).push([str(i) for i in ids])
+            return
+        except (redis.exceptions.RedisError, OSError) as exc:
+            if time.monotonic() + delay < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if not just_inserted:
+                raise _unavailable("Redis", store.settings.redis, exc) from None
+            try:
+                store.jobs.delete_many({"_id": {"$in": ids}, "status": QUEUED})
+            except pymongo.errors.PyMongoError:
+                pass  # they stay queued in MongoDB; RequeueLostJobs will queue them (at-least-once)
+            raise _unavailable("Redis", store.settings.redis, exc) from None
+
+
+def _unavailable(what: str, uri: str, exc: BaseException) -> StoreUnavailable:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return StoreUnavailable(f"{what} at {redact_uri(uri)} failed: {redact_text(first, uri)}")
+
+
+def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, *,
+              store: Store | None = None) -> ObjectId:
+    """Queue one job; returns its id (an ObjectId)."""
+    return queue_jobs(path, [params], queue=queue, store=store)[0]
+
+
+def _current_store() -> Store:
+    return current.get_current_store()
+
+
+def queue_raw_jobs(queue: str, params: Any, *, store: Store | None = None) -> int:
+    """Put raw params on a raw queue (`_raw`, `_set`: a list; `_sorted_set`, `_timed_set`: a list,
+    or a dict param -> score / unix time). The worker taking them needs a RAW_QUEUES entry, the
+    producer does not. Returns the count."""
+    store = store or _current_store()
+    target = Queue(validate_queue_name(queue), store)
+    if not isinstance(target, RawQueue):
+        raise InvalidJob(f"queue {queue!r} is a regular queue: use queue_jobs() (raw queues end in "
+                         "_raw, _set, _sorted_set or _timed_set)")
+    return target.enqueue_raw_jobs(params)
+
+
+# --- MRQ's pre-queue_job names (still used by older code) -----------------------------------------
+
+
+def send_task(path: str, params: Mapping[str, Any], **kwargs: Any) -> ObjectId:
+    """MRQ's `send_task`: `queue_job(path, params, **kwargs)`."""
+    return queue_job(path, params, **kwargs)
+
+
+def send_tasks(path: str, params_list: Sequence[Mapping[str, Any]], queue: str | None = None, sync: bool = False,
+               batch_size: int = 1000) -> list[Any]:
+    """MRQ's `send_tasks`: `queue_jobs(...)`, or with `sync=True` run each task here, in this
+    process, and return their results (no job document)."""
+    if sync:
+        task = load_task(validate_task_path(path))
+        return [task(dict(params)) for params in params_list]
+    return queue_jobs(path, params_list, queue=queue, batch_size=batch_size)
+
+
+def send_raw_tasks(queue: str, params: Any, **kwargs: Any) -> int:
+    """MRQ's `send_raw_tasks`: `queue_raw_jobs(queue, params)`."""
+    return queue_raw_jobs(queue, params, **kwargs)
