@@ -267,15 +267,17 @@ OPERATIONS: dict[str, Callable[[Database], Any]] = {
     "insert bypassing validation": lambda db: db.things.insert_one({"a": 3}, bypass_document_validation=True),
     "update bypassing validation": lambda db: db.things.update_one({"_id": 1}, {"$set": {"b": 1}},
                                                                    bypass_document_validation=True),
+    "convertToCapped": lambda db: db.command("convertToCapped", "things", size=1 << 20),
     "drop": lambda db: db.things.drop(),
     "dropDatabase": lambda db: db.client.drop_database(db.name),
     "createUser": lambda db: db.command("createUser", f"w{uuid.uuid4().hex[:6]}", pwd="p", roles=[]),
     "serverStatus": lambda db: db.client.admin.command("serverStatus"),
 }  # fmt: skip
 READ = {"find", "count", "aggregate", "listIndexes", "listCollections", "collStats", "dbStats"}
-WRITE = {"insert", "update", "upsert", "delete", "findAndModify", "createIndexes", "dropIndexes", "drop"}
-DB_ADMIN = {"listIndexes", "listCollections", "collStats", "dbStats", "createIndexes", "dropIndexes", "drop",
-            "dropDatabase"}  # fmt: skip
+WRITE = {"insert", "update", "upsert", "delete", "findAndModify", "createIndexes", "dropIndexes", "convertToCapped",
+         "drop"}
+DB_ADMIN = {"listIndexes", "listCollections", "collStats", "dbStats", "createIndexes", "dropIndexes", "convertToCapped",
+            "drop", "dropDatabase"}  # fmt: skip
 BYPASS = {"insert bypassing validation", "update bypassing validation"}
 ALLOWED: dict[str, set[str]] = {
     "read": READ,

@@ -127,7 +127,7 @@ Requirement = tuple[Resource, str]
 _ON_COLLECTION = {"find": "find", "count": "find", "distinct": "find", "insert": "insert", "delete": "remove",
                   "create": "createCollection", "drop": "dropCollection", "createindexes": "createIndex",
                   "listindexes": "listIndexes", "dropindexes": "dropIndex", "collstats": "collStats",
-                  "collmod": "collMod"}  # fmt: skip
+                  "collmod": "collMod", "converttocapped": "convertToCapped"}  # fmt: skip
 _ON_DATABASE = {"dropdatabase": "dropDatabase", "listcollections": "listCollections", "dbstats": "dbStats",
                 "createuser": "createUser", "dropuser": "dropUser", "updateuser": "changePassword"}  # fmt: skip
 _ON_CLUSTER = {"serverstatus": "serverStatus", "killallsessions": "killAnySession", "listdatabases": "listDatabases"}
