@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from bson import ObjectId
 
-from ..store import strings
 from .base import is_paused_in, paused_queues, queue_kind
+from .registry import known_queue_names
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -30,21 +30,13 @@ class QueueInfo:
                 "paused": self.paused, "oldest_age": self.oldest_age}
 
 
-def known_queue_names(store: Store) -> list[str]:
-    return sorted(strings(store.redis.smembers(store.keys.known_queues)))
-
-
-def subqueue_names(store: Store, root: str) -> list[str]:
-    """The subqueues (`root/...`) jobs were queued on."""
-    return sorted(strings(store.redis.smembers(store.keys.subqueues(root))))
-
-
 _SIZE_COMMAND = {"raw": "llen", "set": "scard", "sorted_set": "zcard", "timed_set": "zcard"}
 
 
 def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]:
     """Size, delayed count, paused flag and oldest job age of queues (all known ones by default),
-    from Redis only: two round trips whatever the number of queues."""
+    from Redis only: three round trips, and at most four commands per queue (the dashboard passes
+    a page of names: `registry.queue_names_page`)."""
     names = known_queue_names(store) if names is None else names
     paused = paused_queues(store)
     keys = store.keys

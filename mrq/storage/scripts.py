@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 
 _NAMES = ("dequeue", "cancel", "lock", "requeue_running", "lease", "expired_workers", "lease_deadlines", "timed_pop",
-          "acquire_slot")
+          "acquire_slot", "forget_queues")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
 }
@@ -59,6 +59,7 @@ class Scripts:
         self.lease_deadlines = LuaScript(client, _SOURCES["lease_deadlines"])
         self.timed_pop = LuaScript(client, _SOURCES["timed_pop"])
         self.acquire_slot = LuaScript(client, _SOURCES["acquire_slot"])
+        self.forget_queues = LuaScript(client, _SOURCES["forget_queues"])
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()
