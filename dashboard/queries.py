@@ -216,7 +216,8 @@ class Reader:
 
     def list_jobs(self, flt: JobFilter, page: Page) -> JobList:
         query, direction = keyset_query(sorted_read(flt.query), page)
-        docs = list(self.store.jobs.find(query, LIST_PROJECTION).sort("_id", direction).limit(page.limit + 1))
+        docs = list(self.store.jobs.find(query, LIST_PROJECTION).sort("_id", direction).limit(page.limit + 1)
+                    .batch_size(page.limit + 1))  # one command, whatever the page size
         more = len(docs) > page.limit
         docs = docs[:page.limit]
         if page.before is not None:
@@ -330,9 +331,9 @@ class Reader:
 
     def _exceptions(self) -> list[dict[str, Any]]:
         statuses = sorted(ERROR_STATUSES)
-        docs = self.store.jobs.find({"status": {"$in": statuses}},
-                                    {"exceptiontype": 1, "traceback": 1, "path": 1, "status": 1, "datefinished": 1,
-                                     "dateupdated": 1}).sort("_id", -1).limit(EXCEPTIONS_SAMPLE)
+        fields = {"exceptiontype": 1, "traceback": 1, "path": 1, "status": 1, "datefinished": 1, "dateupdated": 1}
+        docs = self.store.jobs.find({"status": {"$in": statuses}}, fields).sort("_id", -1) \
+            .limit(EXCEPTIONS_SAMPLE).batch_size(EXCEPTIONS_SAMPLE)
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for doc in docs:
             kind = str(doc.get("exceptiontype") or "unknown")
@@ -378,8 +379,9 @@ def sorted_read(query: dict[str, Any]) -> dict[str, Any]:
     (MongoDB then merges the per-status ranges instead of sorting every matching job)."""
     if "status" in query or isinstance(query.get("_id"), ObjectId):
         return query
-    if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str) or \
-            isinstance(query.get("worker"), ObjectId):
+    worker = query.get("worker")
+    if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str) or isinstance(worker, ObjectId) or \
+            (isinstance(worker, dict) and isinstance(worker.get("$in"), list)):
         return {**query, "status": {"$in": list(ALL_STATUSES)}}
     return query
 

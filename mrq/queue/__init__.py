@@ -8,7 +8,7 @@
 """
 
 from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, restore_paused, resume_queue
-from .introspection import QueueInfo, queue_infos, status_counts
+from .introspection import QueueInfo, forget_empty_subqueues, queue_infos, status_counts
 from .raw import (
     RawListQueue,
     RawParam,
@@ -21,7 +21,6 @@ from .raw import (
 )
 from .registry import (
     count_known,
-    forget_empty_subqueues,
     known_queue_names,
     queue_names_page,
     subqueue_names,

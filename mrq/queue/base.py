@@ -12,6 +12,7 @@ from ..stats import RETENTION, minute_of
 from ..storage import mongo
 from ..storage.keys import validate_queue_name
 from ..store import strings
+from .registry import note
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -89,8 +90,6 @@ class Queue:
     def _note_known(self, pipe: Any) -> None:
         """Register the queue in the known queues (registry.py), once a minute at most per process:
         the registry heals by itself after Redis lost its data."""
-        from .registry import note
-
         note(self.store, pipe, self.name, self.root, self.is_subqueue)
 
     def _execute_push(self, pipe: Any, count: int) -> None:

@@ -6,7 +6,7 @@
 - `sub:<root>` (SET): the subqueues of a root, read by the workers listening on `root/`.
 
 Producers note a queue in the pipeline that pushes its jobs, at most once a minute per process
-(`note`). Workers sweep the registry now and then (`forget_empty_subqueues`): a subqueue that
+(`note`). Workers sweep the registry now and then (`introspection.forget_empty_subqueues`): a subqueue that
 no producer noted for `forget_subqueues_after` seconds and that holds nothing (no ids, no delayed
 retry, no raw parameter) is dropped; one that gets a job again is noted again by that push. Plain
 queues (no '/') are never forgotten: there are as many as the configuration names.
@@ -88,37 +88,3 @@ def adopt_legacy(store: Store) -> int:
         pipe.execute()
     client.delete(keys.legacy_known_queues, *[keys.legacy_subqueues(root) for root in sorted(roots)])
     return len(names)
-
-
-def forget_empty_subqueues(store: Store, older_than: float, now: float | None = None) -> list[str]:
-    """Drop from the registry the subqueues no producer noted for `older_than` seconds (at least
-    MIN_FORGET_AFTER) that hold nothing. Bounded work: at most SWEEP_MAX subqueues looked at, in
-    pipelines of SWEEP_BATCH. Safe to run from any number of workers at once."""
-    from .base import is_paused_in, paused_queues, queue_kind
-
-    keys, client = store.keys, store.redis
-    cutoff = (time.time() if now is None else now) - max(older_than, MIN_FORGET_AFTER)
-    paused = paused_queues(store)
-    forgotten: list[str] = []
-    offset = 0
-    while offset < SWEEP_MAX:
-        candidates = strings(client.zrangebyscore(keys.queues_seen, "-inf", cutoff, start=offset, num=SWEEP_BATCH))
-        names = [name for name in candidates if "/" in name and not is_paused_in(name, paused)]
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            if queue_kind(name) == "regular":
-                pipe.exists(keys.queue_ids(name), keys.queue_delayed(name))
-            else:
-                pipe.exists(keys.raw_queue(name))
-        empty = [name for name, found in zip(names, pipe.execute() if names else [], strict=True) if not found]
-        if empty:
-            removed = strings(store.scripts.forget_queues(
-                keys=[keys.known_queues, keys.queues_seen, *[keys.subqueues(name.split("/", 1)[0]) for name in empty]],
-                args=[cutoff, *empty]))
-            forgotten += removed
-        else:
-            removed = []
-        if len(candidates) < SWEEP_BATCH:
-            break
-        offset += len(candidates) - len(removed)
-    return forgotten

@@ -54,7 +54,8 @@ class SubqueueGroup:
         known = subqueue_names(self.store, self.root)
         # Subqueues the registry forgot (empty and unused for a while) are dropped, unless a job was
         # pushed to one since the last re-read (its notification added it back).
-        for name in [n for n in self.members if n not in set(known) and n not in self._notified]:
+        current = set(known)
+        for name in [n for n in self.members if n not in current and n not in self._notified]:
             del self.members[name]
         for name in known:
             self.add(name)
