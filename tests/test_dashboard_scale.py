@@ -236,7 +236,6 @@ PREFIX = re.compile(r"(queue=[^&]*/|path=[^&]*[.*])(&|$)")
 
 
 def test_every_page_costs_a_bounded_number_of_commands(loaded: dict[str, Any], dashboard: Any) -> None:
-    started = time.monotonic()
     _client, cost = dashboard
     worker = str(loaded["workers"][3])
     day = (utcnow() - datetime.timedelta(days=1)).date().isoformat()
@@ -301,7 +300,6 @@ def test_every_page_costs_a_bounded_number_of_commands(loaded: dict[str, Any], d
     weekly = next(r for r in rows if r["path"] == "reports.weekly.Build")
     assert weekly["finished"] > 0 and 0 < weekly["failure_rate"] < 1 and weekly["p95"] >= weekly["avg"] >= 0
     assert b"KeyError" in cost("/exceptions")[2]
-    assert time.monotonic() - started < 40
 
 
 def test_jobs_filters_and_their_counts_are_served_by_indexes() -> None:
