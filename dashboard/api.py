@@ -16,6 +16,7 @@ from mrq.joblogs import read_job_logs
 from .formatting import jsonable, last_line
 from .jobfilter import BadInput, object_id, parse_job_filter, parse_page
 from .openapi import openapi_document
+from .queries import MAX_QUEUE_PAGE, QUEUE_PAGE
 from .state import actor, state
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -68,7 +69,24 @@ def overview() -> Response:
 
 @api.get("/queues")
 def queues() -> Response:
-    return jsonify({"queues": state().reader.queues()})
+    after, limit, prefix = queue_page_args(request.args)
+    page = state().reader.queues(after, limit, prefix)
+    return jsonify({"queues": page.rows, "total": page.total, "next": page.next})
+
+
+def queue_page_args(args: Any) -> tuple[str | None, int, str]:
+    """`after` (a queue name), `limit` (1 to MAX_QUEUE_PAGE) and `prefix` of a page of queues."""
+    after, prefix = args.get("after", "").strip(), args.get("prefix", "").strip()
+    for name, value in (("after", after), ("prefix", prefix)):
+        if len(value) > 400 or any(c in value for c in "\x00\r\n"):
+            raise BadInput(f"{name}: {value[:60]!r} is not a queue name")
+    limit_text = args.get("limit", "").strip()
+    limit = QUEUE_PAGE
+    if limit_text:
+        if not limit_text.isdigit() or not 1 <= int(limit_text[:6]) <= MAX_QUEUE_PAGE:
+            raise BadInput(f"limit: expected a number from 1 to {MAX_QUEUE_PAGE}, got {limit_text[:40]!r}")
+        limit = int(limit_text)
+    return after or None, limit, prefix
 
 
 @api.post("/queues/<path:name>/pause")

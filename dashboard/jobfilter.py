@@ -29,6 +29,9 @@ FIELDS = ("id", "queue", "status", "path", "worker", "exceptiontype", "from", "t
 SORTS = ("newest", "oldest")
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
+#: Worker ids a worker name stands for in a filter (its most recent processes): with one range per
+#: (id, status) pair, MongoDB still merges them in `_id` order instead of sorting.
+MAX_WORKER_IDS = 20
 
 _PATH_FILTER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\*?")
 _EXCEPTION_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -131,7 +134,8 @@ def parse_job_filter(args: Mapping[str, Any], store: Store | None = None) -> Job
         else:
             if store is None or len(worker) > 200:
                 raise BadInput(f"worker: {worker[:60]!r} is not a worker id")
-            ids = [doc["_id"] for doc in store.workers.find({"name": worker}, {"_id": 1}).limit(100)]
+            ids = [doc["_id"] for doc in store.workers.find({"name": worker}, {"_id": 1})
+                   .sort("_id", -1).limit(MAX_WORKER_IDS)]
             query["worker"] = {"$in": ids}
         values["worker"] = worker
 

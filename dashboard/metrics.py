@@ -1,6 +1,7 @@
 """The dashboard's Prometheus endpoint (`GET /metrics`): the state of the whole system, as the
 overview page sees it (queue sizes and ages, jobs per status, workers, throughput), from the same
-cached, bounded queries. A scrape while a store is down answers with what it has, and
+cached, bounded queries: per-queue series for the first METRICS_QUEUES queues by name, and
+`mrq_queues_known`, the number of known queues. A scrape while a store is down answers with what it has, and
 `mrq_up{store=...}` says which store did not answer."""
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from mrq.backoff import STORE_ERRORS
 
 metrics = Blueprint("metrics", __name__)
 
+#: Queues with their own series (the first ones by name): a scrape costs a bounded number of Redis
+#: commands, and Prometheus a bounded number of series, with any number of subqueues.
+METRICS_QUEUES = 500
+
 
 class _SystemCollector(Collector):
     def __init__(self, reader: Any) -> None:
@@ -29,8 +34,12 @@ class _SystemCollector(Collector):
         age = GaugeMetricFamily("mrq_queue_oldest_job_age_seconds", "Age of the oldest waiting job.",
                                 labels=["queue"])
         paused = GaugeMetricFamily("mrq_queue_paused", "1 when the queue is paused.", labels=["queue"])
+        known = GaugeMetricFamily("mrq_queues_known", "Known queues, subqueues included (the per-queue metrics "
+                                  f"cover the first {METRICS_QUEUES} by name).")
         try:
-            for row in self.reader.queues():
+            page = self.reader.queues(limit=METRICS_QUEUES)
+            known.add_metric([], page.total)
+            for row in page.rows:
                 size.add_metric([row["name"], row["kind"]], row["size"])
                 delayed.add_metric([row["name"]], row["delayed"])
                 paused.add_metric([row["name"]], 1 if row["paused"] else 0)
@@ -65,7 +74,7 @@ class _SystemCollector(Collector):
             greenlets.add_metric(["total"], total)
         except STORE_ERRORS:
             pass  # the store that failed is already marked down above
-        yield from (up, size, delayed, age, paused, jobs, workers, greenlets)
+        yield from (up, known, size, delayed, age, paused, jobs, workers, greenlets)
 
 
 def make_registry(reader: Any) -> CollectorRegistry:

@@ -14,11 +14,12 @@ from flask import Blueprint, render_template, request, url_for
 from mrq.exceptions import JobNotFound
 from mrq.job import FINAL_STATUSES, QUEUED, STARTABLE_STATUSES, STARTED, to_object_id
 from mrq.joblogs import read_job_logs
-from mrq.queue import known_queue_names
+from mrq.queue import queue_names_page
 
+from .api import queue_page_args
 from .chart import throughput_chart
 from .jobfilter import object_id, parse_job_filter, parse_page
-from .queries import EXCEPTIONS_SAMPLE, TASK_PATHS_SAMPLE
+from .queries import EXCEPTIONS_SAMPLE, QUEUE_PAGE, TASK_PATHS_SAMPLE
 from .state import state
 
 pages = Blueprint("pages", __name__)
@@ -42,8 +43,13 @@ def job_actions(doc: dict[str, Any]) -> list[str]:
 
 @pages.get("/")
 def overview() -> str:
-    data = state().reader.overview()
-    return render("overview.html", "Overview", data=data, chart=throughput_chart(data["throughput"]))
+    after, limit, prefix = queue_page_args(request.args)
+    data = state().reader.overview(after, limit, prefix)
+    base: dict[str, Any] = {k: v for k, v in (("limit", request.args.get("limit")), ("prefix", prefix)) if v}
+    more = url_for("pages.overview", **base, after=data["queues_next"]) if data["queues_next"] else None
+    first = url_for("pages.overview", **base) if after else None
+    return render("overview.html", "Overview", data=data, chart=throughput_chart(data["throughput"]),
+                  queues_more=more, queues_first=first, queues_prefix=prefix)
 
 
 @pages.get("/jobs")
@@ -61,8 +67,8 @@ def jobs() -> str:
             url_for("pages.jobs", **base, after=str(found.next)) if found.next else None,
     }
     return render("jobs.html", "Jobs", found=found, flt=flt, page=page, count=reader.count_jobs(flt),
-                  worker_names=names, links=links, queues=known_queue_names(reader.store), args=request.args,
-                  actions_for=job_actions, filter_json=json.dumps(flt.values))
+                  worker_names=names, links=links, queues=queue_names_page(reader.store, limit=QUEUE_PAGE),
+                  args=request.args, actions_for=job_actions, filter_json=json.dumps(flt.values))
 
 
 @pages.get("/jobs/<job_id>")

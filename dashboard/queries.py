@@ -6,7 +6,9 @@
   for a few seconds, and never unfiltered: the total of the jobs list without a filter is the sum
   of the per-status counts, each of which reads one range of the `status_id` index.
 - Lists are keyset-paginated on `_id` (every `mrq_jobs` index ends with `_id`).
-- Statistics (task paths, exceptions) read a bounded sample of the most recent jobs.
+- Statistics (task paths, exceptions) are cached aggregates: one command over a bounded sample of
+  the most recent jobs, computed at most once a minute and shared by every request.
+- Queues are read a page at a time from the queue registry (mrq/queue/registry.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pymongo
 from bson import ObjectId
 
 from mrq.job import ALL_STATUSES, ERROR_STATUSES, FINAL_STATUSES, RETRY, SUCCESS
-from mrq.queue import queue_infos
+from mrq.queue import count_known, queue_infos, queue_names_page
 from mrq.stats import read_minutes
 from mrq.storage import mongo
 from mrq.storage.leases import Leases
@@ -39,11 +41,16 @@ LIST_PROJECTION = {"traceback": 0, "traceback_history": 0, "result": 0}
 #: Statuses counted as failures in rates and charts.
 FAILURE_STATUSES = ("failed", "maxretries", "timeout")
 RATE_WINDOW_MINUTES = 5
-TASK_PATHS_SAMPLE = 1000
+TASK_PATHS_SAMPLE = 20_000
+#: Seconds the task-path and exception statistics are reused before they are computed again.
+STATISTICS_SECONDS = 60.0
 MAX_TASK_PATHS = 200
 EXCEPTIONS_SAMPLE = 2000
 MAX_WORKERS = 500
 MAX_CACHED = 1000
+#: Queues per page of the overview, the queues API and /metrics.
+QUEUE_PAGE = 100
+MAX_QUEUE_PAGE = 1000
 
 
 class TTLCache:
@@ -52,24 +59,39 @@ class TTLCache:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._values: dict[str, tuple[float, Any]] = {}
+        self._computing: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, compute: Callable[[], T], seconds: float | None = None) -> T:
+        """The cached value, else `compute()`. One request computes a key at a time: while it does,
+        the others get the expired value when there is one, else wait for it."""
         ttl = self.seconds if seconds is None else seconds
-        now = time.monotonic()
+        if ttl <= 0:
+            return compute()
         with self._lock:
             hit = self._values.get(key)
-        if hit is not None and hit[0] > now:
+            computing = self._computing.setdefault(key, threading.Lock())
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        value = compute()
-        if ttl > 0:
+        if not computing.acquire(blocking=hit is None):
+            return hit[1]  # type: ignore[index]  # another request is computing it: the expired value meanwhile
+        try:
+            with self._lock:
+                hit = self._values.get(key)
+            if hit is not None and hit[0] > time.monotonic():  # computed while this request waited
+                return hit[1]
+            value = compute()
+            now = time.monotonic()
             with self._lock:
                 if len(self._values) >= MAX_CACHED:
                     self._values = {k: v for k, v in self._values.items() if v[0] > now}
                     if len(self._values) >= MAX_CACHED:  # many distinct filters at once: start afresh
                         self._values.clear()
+                    self._computing = {k: v for k, v in self._computing.items() if k in self._values or v.locked()}
                 self._values[key] = (now + ttl, value)
-        return value
+            return value
+        finally:
+            computing.release()
 
     def clear(self) -> None:
         with self._lock:
@@ -132,34 +154,54 @@ class Reader:
             series.append(row)
         return series
 
-    def queues(self) -> list[dict[str, Any]]:
-        """Every known queue: size, delayed, paused, oldest job age, jobs/s in and out, failures/s
-        over the last few minutes. Redis only."""
-        minutes = read_minutes(self.store.redis, self.store.keys, RATE_WINDOW_MINUTES)
-        seconds = (RATE_WINDOW_MINUTES - 1) * 60 + max(time.time() - minutes[-1][0], 1.0)
-        flows: dict[str, dict[str, int]] = {}
-        for _start, counts in minutes:
-            for name, count in counts.items():
-                kind, _, queue = name.partition(":")
-                flow = flows.setdefault(queue, {"in": 0, "out": 0, "failed": 0})
-                if kind == "in":
-                    flow["in"] += count
-                elif kind != RETRY:
-                    flow["out"] += count
-                    if kind in FAILURE_STATUSES:
-                        flow["failed"] += count
+    def queues(self, after: str | None = None, limit: int = QUEUE_PAGE, prefix: str = "") -> QueuePage:
+        """A page of the known queues in name order (after `after`, starting with `prefix`): size,
+        delayed, paused, oldest job age, jobs/s in and out, failures/s over the last few minutes.
+        Redis only, a bounded number of commands whatever the number of queues: the page's names
+        (one ZRANGEBYLEX), the registry's size, four commands per queue of the page, the paused
+        set, and RATE_WINDOW_MINUTES reads of the per-minute counters."""
+        names = queue_names_page(self.store, after, limit + 1, prefix)
+        more = len(names) > limit
+        names = names[:limit]
+        seconds, flows = self._flows()
         rows = []
-        for info in queue_infos(self.store):
+        for info in queue_infos(self.store, names):
             flow = flows.get(info.name, {"in": 0, "out": 0, "failed": 0})
             rows.append({**info.as_dict(), "in_rate": flow["in"] / seconds, "out_rate": flow["out"] / seconds,
                          "failed_rate": flow["failed"] / seconds})
-        return rows
+        return QueuePage(rows, count_known(self.store), names[-1] if more and names else None)
 
-    def overview(self) -> dict[str, Any]:
+    def _flows(self) -> tuple[float, dict[str, dict[str, int]]]:
+        """The window's length in seconds and, per queue, jobs in, out and failed over the last
+        RATE_WINDOW_MINUTES minutes (cached: the per-minute hashes hold a field per active queue)."""
+        def compute() -> tuple[float, dict[str, dict[str, int]]]:
+            minutes = read_minutes(self.store.redis, self.store.keys, RATE_WINDOW_MINUTES)
+            seconds = (RATE_WINDOW_MINUTES - 1) * 60 + max(time.time() - minutes[-1][0], 1.0)
+            flows: dict[str, dict[str, int]] = {}
+            for _start, counts in minutes:
+                for name, count in counts.items():
+                    kind, _, queue = name.partition(":")
+                    if not queue:
+                        continue
+                    flow = flows.setdefault(queue, {"in": 0, "out": 0, "failed": 0})
+                    if kind == "in":
+                        flow["in"] += count
+                    elif kind != RETRY:
+                        flow["out"] += count
+                        if kind in FAILURE_STATUSES:
+                            flow["failed"] += count
+            return seconds, flows
+
+        return self.cache.get("flows", compute)
+
+    def overview(self, after: str | None = None, limit: int = QUEUE_PAGE, prefix: str = "") -> dict[str, Any]:
         workers = self.workers()
         alive = [w for w in workers if w["state"] == "alive"]
+        queues = self.queues(after, limit, prefix)
         return {
-            "queues": self.queues(),
+            "queues": queues.rows,
+            "queues_total": queues.total,
+            "queues_next": queues.next,
             "statuses": {status: count.as_dict() for status, count in self.status_counts().items()},
             "workers": {
                 "alive": len(alive),
@@ -174,7 +216,8 @@ class Reader:
 
     def list_jobs(self, flt: JobFilter, page: Page) -> JobList:
         query, direction = keyset_query(sorted_read(flt.query), page)
-        docs = list(self.store.jobs.find(query, LIST_PROJECTION).sort("_id", direction).limit(page.limit + 1))
+        docs = list(self.store.jobs.find(query, LIST_PROJECTION).sort("_id", direction).limit(page.limit + 1)
+                    .batch_size(page.limit + 1))  # one command, whatever the page size
         more = len(docs) > page.limit
         docs = docs[:page.limit]
         if page.before is not None:
@@ -238,43 +281,59 @@ class Reader:
         return list(collection.find({}).sort([("path", 1), ("_id", 1)]).limit(1000))
 
     def task_paths(self) -> list[dict[str, Any]]:
-        """Per task path, over its last TASK_PATHS_SAMPLE jobs: how many finished, average and p95
-        duration, failure rate; plus a bounded count of all its jobs. Cached."""
-        return self.cache.get("task_paths", self._task_paths, seconds=max(self.cache.seconds, 15.0))
+        """Per task path, over the last TASK_PATHS_SAMPLE jobs queued (all paths together): how
+        many, how many finished and running, average and p95 duration, failure rate. A cached
+        aggregate: one command (the `_id` index, newest first, limited) at most every
+        STATISTICS_SECONDS, shared by every request of this dashboard process."""
+        return self.cache.get("task_paths", self._task_paths, seconds=max(self.cache.seconds, STATISTICS_SECONDS))
 
     def _task_paths(self) -> list[dict[str, Any]]:
-        paths = sorted(p for p in self.store.jobs.distinct("path") if isinstance(p, str))[:MAX_TASK_PATHS]
+        finished, failures = sorted(FINAL_STATUSES), sorted(FAILURE_STATUSES)
+        pipeline: list[dict[str, Any]] = [
+            {"$sort": {"_id": -1}},
+            {"$limit": TASK_PATHS_SAMPLE},
+            {"$group": {
+                "_id": "$path",
+                "count": {"$sum": 1},
+                "finished": {"$sum": {"$cond": [{"$in": ["$status", finished]}, 1, 0]}},
+                "failures": {"$sum": {"$cond": [{"$in": ["$status", failures]}, 1, 0]}},
+                "running": {"$sum": {"$cond": [{"$eq": ["$status", "started"]}, 1, 0]}},
+                "times": {"$push": {"$cond": [{"$in": ["$status", finished]}, "$totaltime", None]}},
+            }},
+            {"$sort": {"count": -1, "_id": 1}},
+            {"$limit": MAX_TASK_PATHS},
+        ]
         rows = []
-        for path in paths:
-            sample = list(self.store.jobs.find(sorted_read({"path": path}), {"status": 1, "totaltime": 1})
-                          .sort("_id", -1).limit(TASK_PATHS_SAMPLE))
-            finished = [d for d in sample if d.get("status") in FINAL_STATUSES]
-            times = sorted(float(d["totaltime"]) for d in finished if isinstance(d.get("totaltime"), int | float))
-            failures = sum(1 for d in finished if d.get("status") in FAILURE_STATUSES)
-            count = len(sample) if len(sample) < TASK_PATHS_SAMPLE else self._bounded_count({"path": path}).value
+        for group in self.store.jobs.aggregate(pipeline):
+            if not isinstance(group.get("_id"), str):
+                continue
+            times = sorted(float(t) for t in group.get("times") or []
+                           if isinstance(t, int | float) and not isinstance(t, bool))
+            done = int(group.get("finished") or 0)
             rows.append({
-                "path": path,
-                "count": count,
-                "count_capped": count >= self.count_limit,
-                "sample": len(sample),
-                "finished": len(finished),
-                "running": sum(1 for d in sample if d.get("status") == "started"),
+                "path": group["_id"],
+                "count": int(group.get("count") or 0),
+                "finished": done,
+                "running": int(group.get("running") or 0),
                 "avg": sum(times) / len(times) if times else None,
                 "p95": times[max(math.ceil(len(times) * 0.95) - 1, 0)] if times else None,  # nearest rank
-                "failure_rate": failures / len(finished) if finished else None,
+                "failure_rate": int(group.get("failures") or 0) / done if done else None,
             })
+        rows.sort(key=lambda row: row["path"])
         return rows
 
     def exceptions(self) -> list[dict[str, Any]]:
         """Errors of the last EXCEPTIONS_SAMPLE jobs in an error status, grouped by exception type
-        and message (the traceback's last line), most frequent first. Cached."""
-        return self.cache.get("exceptions", self._exceptions, seconds=max(self.cache.seconds, 15.0))
+        and message (the traceback's last line), most frequent first. A cached aggregate: one
+        bounded find (the `status_id` index, newest first per status) at most every
+        STATISTICS_SECONDS, shared by every request of this dashboard process."""
+        return self.cache.get("exceptions", self._exceptions, seconds=max(self.cache.seconds, STATISTICS_SECONDS))
 
     def _exceptions(self) -> list[dict[str, Any]]:
         statuses = sorted(ERROR_STATUSES)
-        docs = self.store.jobs.find({"status": {"$in": statuses}},
-                                    {"exceptiontype": 1, "traceback": 1, "path": 1, "status": 1, "datefinished": 1,
-                                     "dateupdated": 1}).sort("_id", -1).limit(EXCEPTIONS_SAMPLE)
+        fields = {"exceptiontype": 1, "traceback": 1, "path": 1, "status": 1, "datefinished": 1, "dateupdated": 1}
+        docs = self.store.jobs.find({"status": {"$in": statuses}}, fields).sort("_id", -1) \
+            .limit(EXCEPTIONS_SAMPLE).batch_size(EXCEPTIONS_SAMPLE)
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for doc in docs:
             kind = str(doc.get("exceptiontype") or "unknown")
@@ -315,14 +374,23 @@ def number_in(doc: dict[str, Any], key: str, field_name: str) -> float:
 
 
 def sorted_read(query: dict[str, Any]) -> dict[str, Any]:
-    """The query, made to read newest-first from an index: the (queue|path, status, _id) indexes
-    give `_id` order only per status, so a queue or path without a status lists every status
+    """The query, made to read newest-first from an index: the (queue|path|worker, status, _id)
+    indexes give `_id` order only per status, so a queue, path or worker without a status lists every status
     (MongoDB then merges the per-status ranges instead of sorting every matching job)."""
     if "status" in query or isinstance(query.get("_id"), ObjectId):
         return query
-    if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str):
+    worker = query.get("worker")
+    if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str) or isinstance(worker, ObjectId) or \
+            (isinstance(worker, dict) and isinstance(worker.get("$in"), list)):
         return {**query, "status": {"$in": list(ALL_STATUSES)}}
     return query
+
+
+@dataclass
+class QueuePage:
+    rows: list[dict[str, Any]]
+    total: int  # known queues, subqueues included
+    next: str | None  # the next page starts after this name
 
 
 @dataclass

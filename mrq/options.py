@@ -231,6 +231,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_lease", _parse_float, 15.0,
            "Seconds a worker's lease lasts without renewal; its jobs are recovered once it expires.",
            scope=WORKER, minimum=1),
+    Option("forget_subqueues_after", _parse_float, 86400.0,
+           "Seconds after which a subqueue that holds nothing and got no new job is dropped from the known "
+           "queues (the dashboard's list, the subqueues workers listening on root/ look at).",
+           scope=WORKER, minimum=300),
     Option("max_recoveries", _parse_int, 3,
            "Times a job may be recovered from a crashed worker before it is marked failed as a poison job.",
            scope=WORKER, minimum=0),

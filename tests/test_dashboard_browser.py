@@ -325,7 +325,7 @@ def test_hostile_strings_are_shown_as_text_and_never_run(live: Live, watched: Wa
                            "exceptiontype": SVG, "traceback": f"Traceback\n{SVG}: {SCRIPT}", "datequeued": now,
                            "traceback_history": [{"date": now, "status": SCRIPT, "exceptiontype": IMG,
                                                   "traceback": SVG}], "result": IMG, "worker": ObjectId()})
-    store.redis.sadd(store.keys.known_queues, SCRIPT, IMG)
+    store.redis.zadd(store.keys.known_queues, {SCRIPT: 0, IMG: 0})
     store.workers.insert_one({"_id": ObjectId(), "name": SCRIPT, "host": IMG, "pid": SVG, "queues": [SCRIPT, IMG],
                               "status": IMG, "greenlets": {"busy": 1, "total": 2}, "datereported": now,
                               "config": {"report_interval": 60},

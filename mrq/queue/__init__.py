@@ -5,10 +5,11 @@
 - raw.py: parameters in Redis only (`_raw`, `_set`, `_sorted_set`, `_timed_set`).
 - introspection.py: sizes, paused flags, counts per status.
 - producer.py: queueing jobs (`queue_job(s)`, `queue_raw_jobs`, MRQ's `send_task(s)`, `send_raw_tasks`).
+- registry.py: the known queues (paged, empty subqueues forgotten after a while).
 """
 
 from .base import Queue, is_paused_in, pause_queue, paused_queues, queue_kind, restore_paused, resume_queue
-from .introspection import QueueInfo, known_queue_names, queue_infos, status_counts, subqueue_names
+from .introspection import QueueInfo, forget_empty_subqueues, queue_infos, status_counts
 from .raw import (
     RawListQueue,
     RawParam,
@@ -18,6 +19,12 @@ from .raw import (
     RawSortedSetQueue,
     RawTimedSetQueue,
     raw_queue_config,
+)
+from .registry import (
+    count_known,
+    known_queue_names,
+    queue_names_page,
+    subqueue_names,
 )
 from .regular import RegularQueue
 
@@ -36,6 +43,8 @@ __all__ = [
     "RawSortedSetQueue",
     "RawTimedSetQueue",
     "RegularQueue",
+    "count_known",
+    "forget_empty_subqueues",
     "is_paused_in",
     "known_queue_names",
     "pause_queue",
@@ -44,6 +53,7 @@ __all__ = [
     "queue_job",
     "queue_jobs",
     "queue_kind",
+    "queue_names_page",
     "queue_raw_jobs",
     "raw_queue_config",
     "restore_paused",

@@ -12,6 +12,7 @@ from ..stats import RETENTION, minute_of
 from ..storage import mongo
 from ..storage.keys import validate_queue_name
 from ..store import strings
+from .registry import note
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -87,12 +88,9 @@ class Queue:
         raise NotImplementedError
 
     def _note_known(self, pipe: Any) -> None:
-        """Register the queue (and the root's subqueue) in the known sets, once a minute at most per
-        process: the sets heal by themselves after Redis lost its data."""
-        if self.store.note_once("queue:" + self.name):
-            pipe.sadd(self.store.keys.known_queues, self.name)
-            if self.is_subqueue:
-                pipe.sadd(self.store.keys.subqueues(self.root), self.name)
+        """Register the queue in the known queues (registry.py), once a minute at most per process:
+        the registry heals by itself after Redis lost its data."""
+        note(self.store, pipe, self.name, self.root, self.is_subqueue)
 
     def _execute_push(self, pipe: Any, count: int) -> None:
         """Add the bookkeeping shared by every push to a pipeline holding the push itself, execute

@@ -11,6 +11,7 @@ from bson import ObjectId
 
 from ..store import strings
 from .base import is_paused_in, paused_queues, queue_kind
+from .registry import MIN_FORGET_AFTER, SWEEP_BATCH, SWEEP_MAX, known_queue_names
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -30,21 +31,13 @@ class QueueInfo:
                 "paused": self.paused, "oldest_age": self.oldest_age}
 
 
-def known_queue_names(store: Store) -> list[str]:
-    return sorted(strings(store.redis.smembers(store.keys.known_queues)))
-
-
-def subqueue_names(store: Store, root: str) -> list[str]:
-    """The subqueues (`root/...`) jobs were queued on."""
-    return sorted(strings(store.redis.smembers(store.keys.subqueues(root))))
-
-
 _SIZE_COMMAND = {"raw": "llen", "set": "scard", "sorted_set": "zcard", "timed_set": "zcard"}
 
 
 def queue_infos(store: Store, names: list[str] | None = None) -> list[QueueInfo]:
     """Size, delayed count, paused flag and oldest job age of queues (all known ones by default),
-    from Redis only: two round trips whatever the number of queues."""
+    from Redis only: three round trips, and at most four commands per queue (the dashboard passes
+    a page of names: `registry.queue_names_page`)."""
     names = known_queue_names(store) if names is None else names
     paused = paused_queues(store)
     keys = store.keys
@@ -83,3 +76,35 @@ def status_counts(store: Store, queue: str | None = None) -> dict[str, int]:
         pipeline.append({"$match": {"queue": queue}})
     pipeline.append({"$group": {"_id": "$status", "count": {"$sum": 1}}})
     return {row["_id"]: row["count"] for row in store.jobs.aggregate(pipeline)}
+
+
+def forget_empty_subqueues(store: Store, older_than: float, now: float | None = None) -> list[str]:
+    """Drop from the registry the subqueues no producer noted for `older_than` seconds (at least
+    MIN_FORGET_AFTER) that hold nothing. Bounded work: at most SWEEP_MAX subqueues looked at, in
+    pipelines of SWEEP_BATCH. Safe to run from any number of workers at once."""
+    keys, client = store.keys, store.redis
+    cutoff = (time.time() if now is None else now) - max(older_than, MIN_FORGET_AFTER)
+    paused = paused_queues(store)
+    forgotten: list[str] = []
+    offset = 0
+    while offset < SWEEP_MAX:
+        candidates = strings(client.zrangebyscore(keys.queues_seen, "-inf", cutoff, start=offset, num=SWEEP_BATCH))
+        names = [name for name in candidates if "/" in name and not is_paused_in(name, paused)]
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            if queue_kind(name) == "regular":
+                pipe.exists(keys.queue_ids(name), keys.queue_delayed(name))
+            else:
+                pipe.exists(keys.raw_queue(name))
+        empty = [name for name, found in zip(names, pipe.execute() if names else [], strict=True) if not found]
+        if empty:
+            removed = strings(store.scripts.forget_queues(
+                keys=[keys.known_queues, keys.queues_seen, *[keys.subqueues(name.split("/", 1)[0]) for name in empty]],
+                args=[cutoff, *empty]))
+            forgotten += removed
+        else:
+            removed = []
+        if len(candidates) < SWEEP_BATCH:
+            break
+        offset += len(candidates) - len(removed)
+    return forgotten

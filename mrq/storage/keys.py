@@ -84,10 +84,36 @@ class Keys:
         return self.queue_tag(queue) + ":raw"
 
     # --- global ------------------------------------------------------------------------------------
+    # --- the queue registry (one hash tag: the forget script touches its keys together) ------------
+    @property
+    def registry_tag(self) -> str:
+        return "{%s:queues}" % self.prefix  # noqa: UP031 - braces are literal here
+
     @property
     def known_queues(self) -> str:
-        """SET of every queue name jobs were ever queued on (for introspection)."""
+        """ZSET of every known queue name, all scored 0: read in name order, a page at a time
+        (ZRANGEBYLEX). Producers add a queue when they push to it; empty subqueues not pushed to
+        for `forget_subqueues_after` seconds are removed (mrq.queue.registry)."""
+        return self.registry_tag + ":names"
+
+    @property
+    def queues_seen(self) -> str:
+        """ZSET queue name -> unix time a producer last noted it (at most once a minute per
+        process): which subqueues have not been used for a while."""
+        return self.registry_tag + ":seen"
+
+    def subqueues(self, root: str) -> str:
+        """SET of the known subqueue names (`root/...`); workers listening on `root/` take jobs
+        from each of them."""
+        return f"{self.registry_tag}:sub:{root}"
+
+    @property
+    def legacy_known_queues(self) -> str:
+        """The SET of queue names of mrq versions before the registry (adopted, then deleted)."""
         return f"{self.prefix}:queues"
+
+    def legacy_subqueues(self, root: str) -> str:
+        return f"{self.prefix}:subqueues:{root}"
 
     @property
     def workers(self) -> str:
@@ -97,11 +123,6 @@ class Keys:
     def worker_queues(self, worker_id: str) -> str:
         """SET of the queues in which a worker may hold running ids (where to look on recovery)."""
         return f"{self.prefix}:worker:{worker_id}:queues"
-
-    def subqueues(self, root: str) -> str:
-        """SET of the subqueue names (`root/...`) jobs were queued on; workers listening on `root/`
-        take jobs from each of them."""
-        return f"{self.prefix}:subqueues:{root}"
 
     def concurrency(self, task_path: str) -> str:
         """ZSET job id -> expiry (unix time) of the running jobs of a task that has a

@@ -40,6 +40,7 @@ from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
 from ..lifecycle import HeldJobs
 from ..queue import Queue, RawQueue, RegularQueue, paused_queues
+from ..queue.registry import adopt_legacy
 from ..scheduler import Scheduler, validate_schedule
 from ..startup import run_startup_checks
 from ..stats import StatsBuffer
@@ -159,6 +160,9 @@ class Worker:
             created = maintenance.ensure_all_indexes(self.store)
             log.info("indexes: %s", ", ".join(created) if created else "all present")
         run_startup_checks(self.store, ensure=self.settings.ensure_indexes)
+        adopted = adopt_legacy(self.store)
+        if adopted:
+            log.info("queue registry: %d queue names adopted from the sets of an earlier version", adopted)
         logs = self.store.logs
         if logs is not None:
             self.log_handler = JobLogHandler(logs, self.settings.default_job_ttl)

@@ -6,13 +6,15 @@ when the worker stops."""
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
 
 from ..backoff import STORE_ERRORS
-from ..queue import paused_queues
+from ..queue import forget_empty_subqueues, paused_queues
 from ..reconcile import Reconciler
 from . import recovery
 from .report import memory_mb
@@ -24,6 +26,8 @@ log = logging.getLogger("mrq.worker")
 
 #: Seconds between re-reads of the paused queues (a `paused` control message also triggers one).
 PAUSED_REFRESH = 1.0
+#: Seconds between a worker's sweeps of the queue registry (empty subqueues unused for a while).
+REGISTRY_SWEEP = 300.0
 
 
 class Housekeeping:
@@ -88,6 +92,7 @@ class Housekeeping:
         reconcile Redis with MongoDB when Redis lost data."""
         worker = self.worker
         interval = max(0.5, min(worker.settings.worker_lease / 3.0, 5.0))
+        next_sweep = time.monotonic() + random.uniform(0, REGISTRY_SWEEP)  # workers started together spread out
         while True:
             # Three independent steps: one failing (a store error, a refused query) never stops the others.
             try:
@@ -106,6 +111,15 @@ class Housekeeping:
                                                                   worker.settings.max_recoveries)
             except Exception as exc:
                 log.warning("recovering dead workers' jobs failed (%s); will retry", exc)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + REGISTRY_SWEEP
+                try:
+                    forgotten = forget_empty_subqueues(worker.store, worker.settings.forget_subqueues_after)
+                    if forgotten:
+                        log.info("forgot %d empty subqueues unused for %.0f s", len(forgotten),
+                                 worker.settings.forget_subqueues_after)
+                except Exception as exc:
+                    log.warning("sweeping the known queues failed (%s); will retry", exc)
             gevent.sleep(interval)
 
     # --- report, paused queues, scheduler --------------------------------------------------------------

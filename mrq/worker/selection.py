@@ -46,16 +46,25 @@ class SubqueueGroup:
         self.active: set[str] = set()  # members that may have work
         self._offset = 0
         self._refreshed = 0.0
+        self._notified: set[str] = set()  # names added since the last re-read
 
     def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._refreshed < SUBQUEUE_REFRESH:
             return
         self._refreshed = time.monotonic()
-        for name in subqueue_names(self.store, self.root):
+        known = subqueue_names(self.store, self.root)
+        # Subqueues the registry forgot (empty and unused for a while) are dropped, unless a job was
+        # pushed to one since the last re-read (its notification added it back).
+        current = set(known)
+        for name in [n for n in self.members if n not in current and n not in self._notified]:
+            del self.members[name]
+        for name in known:
             self.add(name)
+        self._notified.clear()
         self.active = set(self.members)  # look at every member now and then (lost notifications)
 
     def add(self, name: str) -> None:
+        self._notified.add(name)
         if name not in self.members and name.startswith(self.name):
             self.members[name] = Queue(name, self.store)
         if name in self.members:
