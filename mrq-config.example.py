@@ -54,6 +54,7 @@ MAX_MEMORY = 0  # exit cleanly once the process uses more than this many MB (0 =
 DEQUEUE_STRATEGY = "sequential"  # "sequential" (strict priority), "parallel" (round-robin) or "burst"
 REPORT_INTERVAL = 5.0  # seconds between worker reports in mrq_workers
 WORKER_LEASE = 15.0  # seconds without renewal after which a worker counts as dead and its jobs are recovered
+FORGET_SUBQUEUES_AFTER = 86400.0  # seconds after which an empty, unused subqueue leaves the known queues (min 300)
 MAX_RECOVERIES = 3  # recoveries of a job from crashed workers before it fails as a poison job
 TASK_WHITELIST = []  # task paths this worker runs, alone (MRQ's --task_whitelist a,b); other jobs stay queued
 TASK_BLACKLIST = []  # task paths this worker never runs; their jobs stay queued for other workers
