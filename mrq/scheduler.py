@@ -42,7 +42,7 @@ from .exceptions import ConfigError, InvalidJob, InvalidQueueName, MrqError, Sto
 from .job import QUEUED, queue_jobs
 from .queue import queue_kind
 from .storage import mongo
-from .storage.keys import validate_queue_name
+from .storage.keys import validate_job_queue
 from .task import validate_task_path
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def _validate_entry(index: int, raw: object) -> ScheduleEntry:
     queue = raw.get("queue")
     if queue is not None:
         try:
-            validate_queue_name(queue)
+            validate_job_queue(queue)
         except InvalidQueueName as exc:
             raise fail(str(exc)) from None
         if queue_kind(queue) != "regular":

@@ -182,10 +182,13 @@ def order_of_starts(store: Store, ids: list[Any]) -> list[Any]:
     return [d["_id"] for d in sorted(docs, key=lambda d: (d["datestarted"], d["_id"]))]
 
 
-def test_reverse_queue_is_lifo(store: Store, worker_factory: Any) -> None:
-    ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 0} for i in range(5)], queue="stack_reverse")
-    assert Queue("stack_reverse").list_job_ids() == [str(i) for i in reversed(ids)]
-    worker_factory("--greenlets", "1", "stack_reverse")
+def test_reverse_worker_argument_is_lifo(store: Store, worker_factory: Any) -> None:
+    from mrq.queue import worker_queue
+
+    ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 0} for i in range(5)], queue="stack")
+    assert Queue("stack").list_job_ids() == [str(i) for i in ids]
+    assert worker_queue("stack_reverse").list_job_ids() == [str(i) for i in reversed(ids)]
+    worker_factory("--greenlets", "1", "stack_reverse")  # MRQ's meaning: the queue `stack`, newest first
     wait_until(lambda: store.jobs.count_documents({"status": "success"}) == 5, 15, message="5 done")
     assert order_of_starts(store, ids) == list(reversed(ids))
 

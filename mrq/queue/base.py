@@ -44,7 +44,7 @@ class Queue:
         if "kind" in cls.__dict__:
             Queue._kinds[cls.kind] = cls
 
-    def __new__(cls, name: str, store: Store | None = None) -> Any:
+    def __new__(cls, name: str, store: Store | None = None, **kwargs: Any) -> Any:
         if cls is Queue:
             cls = Queue._kinds[queue_kind(validate_queue_name(name, allow_subqueue_wildcard=True))]
         return super().__new__(cls)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..exceptions import ConfigError, InvalidJob
 from ..helpers import emit_metric
-from ..storage.keys import validate_queue_name
+from ..storage.keys import validate_job_queue, validate_queue_name
 from ..store import strings
 from .base import Queue, queue_kind
 
@@ -81,7 +81,7 @@ def raw_queue_config(raw_queues: Mapping[str, Any], root: str) -> RawQueueConfig
         raise ConfigError(f"{where}: job_factory is required (a callable: raw param -> {{'path', 'params'}})")
     retry_queue = entry.get("retry_queue", "default")
     try:
-        validate_queue_name(retry_queue)
+        validate_job_queue(retry_queue)
     except Exception as exc:
         raise ConfigError(f"{where}: retry_queue: {exc}") from None
     if queue_kind(retry_queue) != "regular":

@@ -51,6 +51,24 @@ def validate_queue_name(name: object, *, allow_subqueue_wildcard: bool = False) 
     return name
 
 
+#: MRQ's worker-argument suffix: `mrq-worker default_reverse` takes `default` newest first.
+REVERSE_SUFFIX = "_reverse"
+
+
+def validate_job_queue(name: object) -> str:
+    """A queue a job may be put on (queue_job, a retry, a requeue, a schedule, a raw queue's
+    retry_queue): validate_queue_name, and not a name ending in `_reverse`, which (as in MRQ) is
+    how a worker takes another queue newest first, not a queue of its own."""
+    name = validate_queue_name(name)
+    if name.endswith(REVERSE_SUFFIX):
+        base = name[:-len(REVERSE_SUFFIX)]
+        raise InvalidQueueName(
+            f"queue name {name!r} ends with {REVERSE_SUFFIX}: that form only tells a worker to take the queue "
+            f"{base!r} newest first (mrq-worker {name}); queue jobs on {base!r}"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key builder for one prefix (`redis_prefix` setting)."""
