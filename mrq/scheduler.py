@@ -361,9 +361,9 @@ def _parse_dailytime(value: object, fail: Callable[[str], ConfigError]) -> time:
     if isinstance(value, time):
         if value.utcoffset() not in (None, timedelta(0)):
             raise fail(f"dailytime must be in UTC, got {value!r}")
-        if value.microsecond:
-            raise fail(f"dailytime must be whole seconds, got {value!r}")
-        return value.replace(tzinfo=None)
+        # Truncated to the second, as MRQ (whose `now.time() < dailytime` made a fraction of a
+        # second irrelevant): `datetime.time(3, 0, 0, 500000)` fires at 03:00:00.
+        return value.replace(tzinfo=None, microsecond=0)
     match = _DAILYTIME.fullmatch(value) if isinstance(value, str) else None
     if match is not None:
         hour, minute, second = (int(part or 0) for part in match.groups())

@@ -166,7 +166,9 @@ class RawQueue(Queue):
         """Remove every waiting param of this queue."""
         self.store.redis.delete(self.key)
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        """Up to `limit` waiting params after `skip`, in the order workers take them (a set: sorted),
+        as `bytes`, as MRQ returned them (`list_raw_jobs_with_scores` gives str)."""
         raise NotImplementedError
 
 
@@ -189,8 +191,8 @@ class RawListQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.llen(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return strings(self.store.redis.lrange(self.key, skip, skip + limit - 1))
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        return [bytes(p) for p in self.store.redis.lrange(self.key, skip, skip + limit - 1)]  # type: ignore[arg-type]
 
 
 class RawSetQueue(RawQueue):
@@ -209,8 +211,8 @@ class RawSetQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.scard(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return sorted(strings(self.store.redis.smembers(self.key)))[skip:skip + limit]
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        return sorted(bytes(p) for p in self.store.redis.smembers(self.key))[skip:skip + limit]  # type: ignore[arg-type]
 
 
 class RawSortedSetQueue(RawQueue):
@@ -241,8 +243,9 @@ class RawSortedSetQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.zcard(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return strings(self.store.redis.zrange(self.key, skip, skip + limit - 1))
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        rows: Any = self.store.redis.zrange(self.key, skip, skip + limit - 1)
+        return list(rows)
 
     def list_raw_jobs_with_scores(self, skip: int = 0, limit: int = 20) -> list[tuple[str, float]]:
         rows: Any = self.store.redis.zrange(self.key, skip, skip + limit - 1, withscores=True)
