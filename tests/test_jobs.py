@@ -158,7 +158,8 @@ def test_invalid_task_path(store: Store, path: Any) -> None:
     [
         ("my queue", "contains ' '"),
         ("a:b", "contains ':'"),
-        ("crawl/", "ends with '/'"),
+        ("/crawl/", "a name starting with '/' is a plain queue"),
+        ("/crawl/a", "a name starting with '/' is a plain queue"),
         ("{tag}", "contains '{', '}'"),
         ("a//b", "empty part"),
         ("x" * 201, "longer than 200"),

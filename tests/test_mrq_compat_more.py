@@ -76,3 +76,76 @@ def test_only_task_connections_are_wrapped(mrq_settings: Any) -> None:
             "(mrq maps it for MRQ 0.9 task code)"]  # once per method name
     finally:
         current.reset()
+
+
+def runs(store: Store, key: str) -> tuple[dict[bytes, bytes], list[bytes]]:
+    return store.redis.hgetall(key), store.redis.lrange(key + ":order", 0, -1)
+
+
+def test_reverse_worker_argument_as_in_mrq(store: Store, worker_factory: Any) -> None:
+    import pytest
+
+    from mrq.exceptions import InvalidQueueName
+    from mrq.testing.workers import wait_until
+
+    key = f"{store.keys.prefix}:runs"
+    for name in ("first", "second", "third"):
+        queue_job(f"{P3}.CountRuns", {"key": key, "name": name})  # on `default`, as MRQ producers do
+    worker_factory("default_reverse", "--greenlets", "1")
+    wait_until(lambda: len(runs(store, key)[1]) == 3, 15, message="3 jobs run")
+    counts, order = runs(store, key)
+    assert order == [b"third", b"second", b"first"] and set(counts.values()) == {b"1"}
+    with pytest.raises(InvalidQueueName, match="ends with _reverse: that form only tells a worker to take the queue "
+                                               "'default' newest first"):
+        queue_job(f"{P3}.CountRuns", {"key": key, "name": "x"}, queue="default_reverse")
+    refused = worker_factory("crawl_raw_reverse", wait=False)
+    assert refused.wait(20) == 2
+    assert "applies to regular queues only, and 'crawl_raw' is a raw queue" in refused.output()
+
+
+def test_requeue_of_a_queued_job_and_mrq_queue_names(store: Store, worker_factory: Any) -> None:
+    from mrq.job import Job
+    from mrq.testing.workers import wait_until
+
+    key = f"{store.keys.prefix}:runs"
+    first = queue_job(f"{P3}.CountRuns", {"key": key, "name": "first"}, queue="parking")
+    queue_job(f"{P3}.CountRuns", {"key": key, "name": "second"}, queue="parking")
+    Job(first).requeue()  # MRQ: to the back of its queue
+    Job(first).requeue()
+    slash_end = queue_job(f"{P3}.CountRuns", {"key": key, "name": "main/"}, queue="main/")
+    slash_start = queue_job(f"{P3}.CountRuns", {"key": key, "name": "/main"}, queue="/main")
+    sub = queue_job(f"{P3}.CountRuns", {"key": key, "name": "main/sub"}, queue="main/sub")
+    worker_factory("parking", "main/", "/main", "--greenlets", "1")
+    wait_until(lambda: len(runs(store, key)[1]) == 5, 15, message="5 jobs run")
+    counts, order = runs(store, key)
+    assert order[:2] == [b"second", b"first"] and set(counts.values()) == {b"1"}  # each job ran once
+    assert sorted(order[2:]) == [b"/main", b"main/", b"main/sub"]  # `main/` takes main/ and main/sub
+    assert [Job(i).fetch().queue for i in (slash_end, slash_start, sub)] == ["main/", "/main", "main/sub"]
+
+
+def test_dailytime_microseconds_retry_expiry_and_raw_bytes(store: Store, worker_factory: Any, tmp_path: Any) -> None:
+    import datetime
+
+    from mrq.job import queue_raw_jobs
+    from mrq.queue import Queue
+    from mrq.testing.workers import wait_until
+    from tests.test_mrq_compat import mrq_config
+
+    config = mrq_config(tmp_path, """import datetime
+DEFAULT_JOB_TTL = 1000
+SCHEDULER_TASKS = [
+    {"path": "tests.tasks.mrq09.Tick", "params": {"kind": "micro"}, "dailytime": datetime.time(3, 4, 5, 678901)},
+]
+""")
+    worker_factory("--config", config, "--scheduler")  # MRQ's config starts (it used to stop the worker)
+    scheduled = store.connections.mongodb_jobs["mrq_scheduled_jobs"]
+    entry = wait_until(lambda: scheduled.find_one(), 10, message="entry stored")  # the only entry
+    assert entry["dailytime"] == "03:04:05"
+
+    retried = wait_status(queue_job(f"{P3}.RetryLater", {"delay": 600}), "retry")
+    assert retried["dateexpires"] - retried["dateretry"] == datetime.timedelta(seconds=1000)  # never before
+    assert retried["dateretry"] - retried["dateupdated"] == datetime.timedelta(seconds=600)
+
+    queue_raw_jobs("later_raw", ["b", "a"])
+    queue_raw_jobs("later_set", ["z"])
+    assert Queue("later_raw").list_raw_jobs() == [b"b", b"a"] and Queue("later_set").list_raw_jobs() == [b"z"]

@@ -51,8 +51,9 @@ class Queue:
 
     def __init__(self, name: str, store: Store | None = None) -> None:
         self.name = validate_queue_name(name, allow_subqueue_wildcard=True)
-        self.root = name.split("/", 1)[0]
-        self.is_subqueue = "/" in name
+        # `/main` (accepted as in MRQ) is a plain queue: its own root, no subqueue.
+        self.root = name if name.startswith("/") else name.split("/", 1)[0]
+        self.is_subqueue = "/" in name and not name.startswith("/")
         self._store = store
 
     @property

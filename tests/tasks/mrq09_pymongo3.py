@@ -3,7 +3,7 @@ find_and_modify, save, ensure_index on the collections `mrq.context.connections`
 
 import json
 
-from mrq.context import connections, log
+from mrq.context import connections, get_current_job, log, retry_current_job
 from mrq.task import Task
 from mrq.utils import MongoJSONEncoder
 
@@ -60,3 +60,18 @@ class BadPymongo3Call(Task):
         if params["call"] == "neither":
             return coll.find_and_modify({"_id": "x"})
         return coll.insert([])
+
+
+class CountRuns(Task):
+    """Counts its runs per job in Redis (a job that ran twice would show 2)."""
+
+    def run(self, params):
+        job = get_current_job()
+        connections.redis.hincrby(params["key"], str(job.id), 1)
+        connections.redis.rpush(params["key"] + ":order", params["name"])
+        return params["name"]
+
+
+class RetryLater(Task):
+    def run(self, params):
+        retry_current_job(delay=params["delay"], max_retries=5)
