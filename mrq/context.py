@@ -16,6 +16,7 @@ from .config import Settings
 from .exceptions import MrqError
 from .helpers import metric
 from .job import queue_job, queue_jobs, queue_raw_jobs
+from .legacy_mongo import legacy_database
 from .subpool import subpool_imap, subpool_map
 from .task import load_task
 
@@ -87,15 +88,20 @@ def setup_context(**overrides: Any) -> ConfigDict:
 class _Connections:
     """`connections.redis`, `connections.mongodb_jobs`, `connections.mongodb_logs` of the
     current context, and as in MRQ, `connections.redis_<name>` / `connections.mongodb_<name>` for
-    each `REDIS_<NAME>` / `MONGODB_<NAME>` URI of the config file: all created on first use."""
+    each `REDIS_<NAME>` / `MONGODB_<NAME>` URI of the config file: all created on first use. The
+    MongoDB databases also answer pymongo 3's method names (mrq/legacy_mongo.py), as MRQ's did."""
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         conns = current.get_current_store().connections
-        if name in ("redis", "mongodb_jobs", "mongodb_logs"):
-            return getattr(conns, name)
-        if name.startswith(("redis_", "mongodb_")):
+        if name == "redis":
+            return conns.redis
+        if name in ("mongodb_jobs", "mongodb_logs"):
+            return legacy_database(getattr(conns, name))
+        if name.startswith("mongodb_"):
+            return legacy_database(conns.named(name))
+        if name.startswith("redis_"):
             return conns.named(name)
         raise AttributeError(f"no connection named {name!r} (redis, mongodb_jobs, mongodb_logs, or redis_<name> / "
                              "mongodb_<name> from a REDIS_<NAME> / MONGODB_<NAME> config key)")

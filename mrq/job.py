@@ -55,7 +55,7 @@ from .queue.producer import (  # noqa: F401 - the producer functions, importable
     send_task,
     send_tasks,
 )
-from .storage.keys import validate_queue_name
+from .storage.keys import validate_job_queue, validate_queue_name
 
 if TYPE_CHECKING:
     from .store import Store
@@ -157,8 +157,9 @@ class Job:
         return int(store.redis.publish(store.keys.control_channel, f"abort {self.id}"))
 
     def requeue(self, queue: str | None = None, retry_count: int = 0) -> None:
-        """Queue a job again (after it failed, was cancelled, interrupted...). A job that is queued
-        or running is left alone (InvalidStatusTransition)."""
+        """Queue a job again (after it failed, was cancelled, interrupted...); a queued job goes to
+        the back of its queue (or of `queue`), as in MRQ. A running job is left alone
+        (InvalidStatusTransition)."""
         operations.requeue_one(self.store, self.id, queue, retry_count)
 
     # --- used from inside the running job (mrq.context) --------------------------------------------
@@ -171,7 +172,7 @@ class Job:
         if self.retry_count >= limit:
             exc: JobInterrupt = MaxRetriesInterrupt(f"max retries reached ({limit})")
         else:
-            target = validate_queue_name(queue or self.queue or DEFAULT_QUEUE)
+            target = validate_job_queue(queue) if queue else validate_queue_name(self.queue or DEFAULT_QUEUE)
             exc = RetryInterrupt(settings.retry_delay if delay is None else float(delay), target,
                                  self.retry_count + 1)
         if pending[0] is not None:

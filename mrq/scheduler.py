@@ -42,7 +42,7 @@ from .exceptions import ConfigError, InvalidJob, InvalidQueueName, MrqError, Sto
 from .job import QUEUED, queue_jobs
 from .queue import queue_kind
 from .storage import mongo
-from .storage.keys import validate_queue_name
+from .storage.keys import validate_job_queue
 from .task import validate_task_path
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def _validate_entry(index: int, raw: object) -> ScheduleEntry:
     queue = raw.get("queue")
     if queue is not None:
         try:
-            validate_queue_name(queue)
+            validate_job_queue(queue)
         except InvalidQueueName as exc:
             raise fail(str(exc)) from None
         if queue_kind(queue) != "regular":
@@ -361,9 +361,9 @@ def _parse_dailytime(value: object, fail: Callable[[str], ConfigError]) -> time:
     if isinstance(value, time):
         if value.utcoffset() not in (None, timedelta(0)):
             raise fail(f"dailytime must be in UTC, got {value!r}")
-        if value.microsecond:
-            raise fail(f"dailytime must be whole seconds, got {value!r}")
-        return value.replace(tzinfo=None)
+        # Truncated to the second, as MRQ (whose `now.time() < dailytime` made a fraction of a
+        # second irrelevant): `datetime.time(3, 0, 0, 500000)` fires at 03:00:00.
+        return value.replace(tzinfo=None, microsecond=0)
     match = _DAILYTIME.fullmatch(value) if isinstance(value, str) else None
     if match is not None:
         hour, minute, second = (int(part or 0) for part in match.groups())

@@ -473,3 +473,27 @@ def test_example_config_examples_are_valid() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(EXAMPLE_CONFIG.read_text(), str(EXAMPLE_CONFIG), "exec"), namespace)
     assert namespace["send_to_statsd"]("jobs.status.success", incr=2, queue="default") is None
+
+
+def test_keda_autoscaling_replaces_mrq_agent() -> None:
+    """The example that replaces mrq-agent (docs/migrating-from-mrq.md) scales the worker
+    Deployment on the Redis lists of exactly the queues its command names, under mrq's key layout."""
+    from mrq.storage.keys import Keys
+
+    path = KUBERNETES / "autoscaling" / "keda.yaml"
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    scaled = find(docs, "ScaledObject", "mrq-worker")
+    auth = find(docs, "TriggerAuthentication", "mrq-redis")
+    worker = find(kubernetes_documents(), "Deployment", "mrq-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    command = worker["spec"]["template"]["spec"]["containers"][0]["command"]
+    values = set(option_pairs(command).values())
+    queues = [arg for arg in command[1:] if not arg.startswith("--") and arg not in values]
+    assert queues == ["high", "default"]
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["listName"] for t in triggers] == [Keys("mrq").queue_ids(q) for q in queues]
+    for trigger in triggers:
+        assert trigger["type"] == "redis" and int(trigger["metadata"]["listLength"]) > 0
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert auth["spec"]["secretTargetRef"][0]["name"] == "mrq"  # the Secret worker.yaml reads
+    assert scaled["spec"]["minReplicaCount"] >= 1  # delayed retries need a running worker

@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
-from mrq.exceptions import InvalidJob, InvalidQueueName, InvalidStatusTransition, JobNotFound, StoreUnavailable
+from mrq.exceptions import InvalidJob, InvalidQueueName, JobNotFound, StoreUnavailable
 from mrq.job import Job, get_job_result, queue_job, queue_jobs
 from mrq.queue import Queue, RegularQueue
 from mrq.store import Store
@@ -31,7 +31,7 @@ def test_queue_job_stores_document_then_id(store: Store) -> None:
     assert doc["retry_count"] == 0 and doc["datequeued"] is not None
     assert "dateexpires" not in doc
     assert queued_ids(store) == [str(job_id)]
-    assert store.redis.zscore(store.keys.known_queues, "default") is not None
+    assert store.redis.zscore(store.keys.known_queues, "default") is not None  # the registry ZSET
 
 
 def test_queue_jobs_keeps_order_and_batches(store: Store) -> None:
@@ -158,7 +158,8 @@ def test_invalid_task_path(store: Store, path: Any) -> None:
     [
         ("my queue", "contains ' '"),
         ("a:b", "contains ':'"),
-        ("crawl/", "ends with '/'"),
+        ("/crawl/", "a name starting with '/' is a plain queue"),
+        ("/crawl/a", "a name starting with '/' is a plain queue"),
         ("{tag}", "contains '{', '}'"),
         ("a//b", "empty part"),
         ("x" * 201, "longer than 200"),
@@ -236,11 +237,27 @@ def test_requeue_a_cancelled_job(store: Store) -> None:
     assert queue.size() == 0
 
 
-def test_requeue_a_queued_job_is_refused(store: Store) -> None:
-    job_id = queue_job("tests.tasks.general.Echo", {})
-    with pytest.raises(InvalidStatusTransition, match="is queued: nothing to requeue"):
-        Job(job_id).requeue()
-    assert queued_ids(store) == [str(job_id)]
+def test_requeue_a_queued_job_moves_it_to_the_back(store: Store) -> None:
+    first, second, third = (queue_job("tests.tasks.general.Echo", {"n": n}) for n in range(3))
+    Job(first).requeue()  # as in MRQ: to the back of its queue
+    assert queued_ids(store) == [str(second), str(third), str(first)]
+    Job(first).requeue()
+    Job(first).requeue()
+    assert queued_ids(store) == [str(second), str(third), str(first)]  # never two copies
+    # cancelled, requeued (old copy + cancel mark + new copy), requeued while queued: one copy, no mark
+    Job(second).cancel()
+    Job(second).requeue()
+    Job(second).requeue()
+    assert queued_ids(store) == [str(third), str(first), str(second)]
+    queue = RegularQueue("default", store)
+    assert queue.dequeue(10, "w1") == ([str(third), str(first), str(second)], None)
+    # to another queue: out of this one, at the back of that one
+    moved = queue_job("tests.tasks.general.Echo", {}, queue="q1")
+    Job(moved).requeue(queue="q2")
+    assert RegularQueue("q1", store).size() == 0 and RegularQueue("q2", store).list_job_ids() == [str(moved)]
+    assert Job(moved).fetch().queue == "q2"
+    with pytest.raises(InvalidQueueName, match="ends with _reverse"):
+        Job(moved).requeue(queue="q2_reverse")
 
 
 def test_get_job_result_and_wait_timeout(store: Store) -> None:

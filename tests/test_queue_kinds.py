@@ -53,7 +53,7 @@ def runs(store: Store) -> list[str]:
 def test_raw_list_runs_in_order_and_stores_jobs(raw_store: Store, worker_factory: Any) -> None:
     assert queue_raw_jobs("q_raw", ["a", "b", "c", "a"]) == 4
     assert Queue("q_raw").size() == 4
-    assert Queue("q_raw").list_raw_jobs() == ["a", "b", "c", "a"]
+    assert Queue("q_raw").list_raw_jobs() == [b"a", b"b", b"c", b"a"]  # bytes, as MRQ
     worker_factory("--greenlets", "1", "q_raw", env=raw_env(**RAW))
     wait_until(lambda: len(runs(raw_store)) == 4, 15, message="4 raw jobs run")
     assert runs(raw_store) == ["a", "b", "c", "a"]  # a list keeps order and duplicates
@@ -77,7 +77,7 @@ def test_raw_sorted_set_orders_by_score_and_is_unique(raw_store: Store, worker_f
     queue_raw_jobs("q_sorted_set", {"c": 3, "a": 1, "b": 2, "d": 4})
     queue_raw_jobs("q_sorted_set", {"a": 10})  # re-scored, not duplicated
     assert queue.size() == 4
-    assert queue.list_raw_jobs() == ["b", "c", "d", "a"]
+    assert queue.list_raw_jobs() == [b"b", b"c", b"d", b"a"]
     worker_factory("--greenlets", "1", "q_sorted_set", env=raw_env(**RAW))  # mrq_style factory: .decode()
     wait_until(lambda: len(runs(raw_store)) == 4, 15, message="4 raw jobs run")
     assert runs(raw_store) == ["b", "c", "d", "a"]
@@ -182,10 +182,13 @@ def order_of_starts(store: Store, ids: list[Any]) -> list[Any]:
     return [d["_id"] for d in sorted(docs, key=lambda d: (d["datestarted"], d["_id"]))]
 
 
-def test_reverse_queue_is_lifo(store: Store, worker_factory: Any) -> None:
-    ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 0} for i in range(5)], queue="stack_reverse")
-    assert Queue("stack_reverse").list_job_ids() == [str(i) for i in reversed(ids)]
-    worker_factory("--greenlets", "1", "stack_reverse")
+def test_reverse_worker_argument_is_lifo(store: Store, worker_factory: Any) -> None:
+    from mrq.queue import worker_queue
+
+    ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 0} for i in range(5)], queue="stack")
+    assert Queue("stack").list_job_ids() == [str(i) for i in ids]
+    assert worker_queue("stack_reverse").list_job_ids() == [str(i) for i in reversed(ids)]
+    worker_factory("--greenlets", "1", "stack_reverse")  # MRQ's meaning: the queue `stack`, newest first
     wait_until(lambda: store.jobs.count_documents({"status": "success"}) == 5, 15, message="5 done")
     assert order_of_starts(store, ids) == list(reversed(ids))
 

@@ -77,12 +77,12 @@ def supervise(settings: Settings, args: argparse.Namespace) -> int:
     """`--processes N`: run N workers with the same command line under supervisord."""
     from ..exceptions import InvalidQueueName
     from ..processes import ProcessSupervisor, SupervisorFailed, worker_argv
-    from ..queue import Queue
+    from ..queue import Queue, worker_queue
     from .common import EXIT_FAILED, EXIT_USAGE, fail
 
     try:
         for name in settings.queues:  # fail here once, not in N restarting workers
-            Queue(name)
+            Queue(name) if name.endswith("/") else worker_queue(name)
         command = [sys.executable, "-m", "mrq.cli.worker", *worker_argv(args)]
         supervisor = ProcessSupervisor(command, settings.processes,
                                        burst=settings.dequeue_strategy == "burst")

@@ -66,6 +66,14 @@ def final_fields(status: str, ttl: float, now: datetime, started: datetime | Non
     return fields
 
 
+def retry_dates(now: datetime, delay: float, ttl: float) -> dict[str, Any]:
+    """A job waiting for its retry: `dateretry`, and a `dateexpires` as MRQ gave every waiting
+    status (`default_ttl`), counted from the retry date rather than MRQ's `datequeued`, so that
+    a job never expires before its retry is due; starting it removes the expiry again."""
+    dateretry = now + timedelta(seconds=delay)
+    return {"dateretry": dateretry, "dateexpires": dateretry + timedelta(seconds=ttl)}
+
+
 def history_entry(status: str, exceptiontype: str, traceback: str, worker: Any, now: datetime,
                   **extra: Any) -> dict[str, Any]:
     return {"date": now, "status": status, "exceptiontype": exceptiontype, "traceback": traceback,

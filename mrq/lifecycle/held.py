@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -303,7 +303,7 @@ class HeldJobs:
         if job.datestarted is not None:
             fields["totaltime"] = (now - job.datestarted).total_seconds()
         if delay > 0:
-            fields["dateretry"] = now + timedelta(seconds=delay)
+            fields.update(docs.retry_dates(now, delay, job.settings.default_ttl))
         else:
             fields.update(docs.requeued_fields(now))
         update: dict[str, Any] = {"$set": fields}

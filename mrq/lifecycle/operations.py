@@ -25,7 +25,7 @@ from pymongo import ReturnDocument
 from ..clock import unix_time_of, utcnow
 from ..exceptions import InvalidStatusTransition, JobNotFound
 from ..queue import RegularQueue
-from ..storage.keys import validate_queue_name
+from ..storage.keys import validate_job_queue
 from . import documents as docs
 from .policy import write
 from .statuses import (
@@ -71,22 +71,33 @@ def pages(store: Store, query: dict[str, Any], projection: dict[str, Any], batch
 
 
 def requeue_one(store: Store, job_id: ObjectId, queue: str | None = None, retry_count: int = 0) -> None:
-    """Queue a job again (after it failed, was cancelled, interrupted...). A job that is queued
-    or running is left alone (InvalidStatusTransition)."""
+    """Queue a job again (after it failed, was cancelled, interrupted...). A queued job goes to the
+    back of its queue (or of `queue`), as in MRQ: its id leaves its place in the list, so that it
+    is queued once. A running job is left alone (InvalidStatusTransition)."""
     now = utcnow()
-    fields = {**docs.requeued_fields(now, validate_queue_name(queue) if queue else None), "retry_count": retry_count}
-    doc = store.jobs.find_one_and_update(
-        {"_id": job_id, "status": {"$nin": list(NOT_REQUEUABLE)}},
+    fields = {**docs.requeued_fields(now, validate_job_queue(queue) if queue else None), "retry_count": retry_count}
+    before = store.jobs.find_one_and_update(
+        {"_id": job_id, "status": {"$ne": STARTED}},
         {"$set": fields, "$unset": docs.REQUEUED_UNSET},
-        projection={"queue": 1},
-        return_document=ReturnDocument.AFTER,
+        projection={"queue": 1, "status": 1},
+        return_document=ReturnDocument.BEFORE,
     )
-    if doc is None:
+    if before is None:
         found = store.jobs.find_one({"_id": job_id}, {"status": 1})
         if found is None:
             raise JobNotFound(job_id)
         raise InvalidStatusTransition(f"job {job_id} is {found['status']}: nothing to requeue")
-    RegularQueue(doc.get("queue") or DEFAULT_QUEUE, store).push([str(job_id)], requeued=True)
+    was = before.get("queue") or DEFAULT_QUEUE
+    target = RegularQueue(queue or was, store)
+    if before.get("status") != QUEUED:
+        target.push([str(job_id)], requeued=True)
+    elif target.name == was:
+        write(lambda: target.move_to_back(str(job_id)), "Redis requeue")
+    else:
+        # Pushed on the new queue first, then out of the old list: a crash in between leaves two
+        # copies, and a worker starts a job only once (from a waiting status), never twice.
+        target.push([str(job_id)], requeued=True)
+        write(lambda: RegularQueue(was, store).move_to_back(str(job_id), stays=False), "Redis requeue")
 
 
 def requeue_batch(store: Store, ids: list[ObjectId], allowed: dict[str, Any], *, reset_retry_count: bool = True,
@@ -96,7 +107,7 @@ def requeue_batch(store: Store, ids: list[ObjectId], allowed: dict[str, Any], *,
     if not ids:
         return 0
     now = utcnow()
-    fields: dict[str, Any] = docs.requeued_fields(now, validate_queue_name(queue) if queue else None)
+    fields: dict[str, Any] = docs.requeued_fields(now, validate_job_queue(queue) if queue else None)
     if reset_retry_count:
         fields["retry_count"] = 0
     write(lambda: store.jobs.update_many({"_id": {"$in": ids}, "status": allowed},

@@ -26,7 +26,7 @@ from .registry import (
     queue_names_page,
     subqueue_names,
 )
-from .regular import RegularQueue
+from .regular import RegularQueue, worker_queue
 
 # isort: split
 # Last: the producer uses mrq.lifecycle, which imports the queue classes above from this package.
@@ -63,4 +63,5 @@ __all__ = [
     "send_tasks",
     "status_counts",
     "subqueue_names",
+    "worker_queue",
 ]

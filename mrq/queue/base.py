@@ -44,15 +44,16 @@ class Queue:
         if "kind" in cls.__dict__:
             Queue._kinds[cls.kind] = cls
 
-    def __new__(cls, name: str, store: Store | None = None) -> Any:
+    def __new__(cls, name: str, store: Store | None = None, **kwargs: Any) -> Any:
         if cls is Queue:
             cls = Queue._kinds[queue_kind(validate_queue_name(name, allow_subqueue_wildcard=True))]
         return super().__new__(cls)
 
     def __init__(self, name: str, store: Store | None = None) -> None:
         self.name = validate_queue_name(name, allow_subqueue_wildcard=True)
-        self.root = name.split("/", 1)[0]
-        self.is_subqueue = "/" in name
+        # `/main` (accepted as in MRQ) is a plain queue: its own root, no subqueue.
+        self.root = name if name.startswith("/") else name.split("/", 1)[0]
+        self.is_subqueue = "/" in name and not name.startswith("/")
         self._store = store
 
     @property

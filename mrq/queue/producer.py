@@ -27,7 +27,7 @@ from ..exceptions import InvalidJob, StoreUnavailable
 from ..helpers import emit_metric
 from ..lifecycle import documents
 from ..lifecycle.statuses import DEFAULT_QUEUE, QUEUED
-from ..storage.keys import validate_queue_name
+from ..storage.keys import validate_job_queue, validate_queue_name
 from ..task import load_task, validate_task_path
 from .base import Queue, queue_kind
 from .raw import RawQueue
@@ -78,7 +78,7 @@ def _check_document(doc: dict[str, Any], index: int) -> None:
 
 def resolve_queue(store: Store, path: str, queue: str | None) -> str:
     name = queue or store.task_settings(path).queue or DEFAULT_QUEUE
-    return validate_queue_name(name)
+    return validate_job_queue(name)
 
 
 def queue_jobs(

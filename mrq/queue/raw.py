@@ -23,7 +23,7 @@ from typing import Any
 
 from ..exceptions import ConfigError, InvalidJob
 from ..helpers import emit_metric
-from ..storage.keys import validate_queue_name
+from ..storage.keys import validate_job_queue, validate_queue_name
 from ..store import strings
 from .base import Queue, queue_kind
 
@@ -81,7 +81,7 @@ def raw_queue_config(raw_queues: Mapping[str, Any], root: str) -> RawQueueConfig
         raise ConfigError(f"{where}: job_factory is required (a callable: raw param -> {{'path', 'params'}})")
     retry_queue = entry.get("retry_queue", "default")
     try:
-        validate_queue_name(retry_queue)
+        validate_job_queue(retry_queue)
     except Exception as exc:
         raise ConfigError(f"{where}: retry_queue: {exc}") from None
     if queue_kind(retry_queue) != "regular":
@@ -166,7 +166,9 @@ class RawQueue(Queue):
         """Remove every waiting param of this queue."""
         self.store.redis.delete(self.key)
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        """Up to `limit` waiting params after `skip`, in the order workers take them (a set: sorted),
+        as `bytes`, as MRQ returned them (`list_raw_jobs_with_scores` gives str)."""
         raise NotImplementedError
 
 
@@ -189,8 +191,8 @@ class RawListQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.llen(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return strings(self.store.redis.lrange(self.key, skip, skip + limit - 1))
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        return [bytes(p) for p in self.store.redis.lrange(self.key, skip, skip + limit - 1)]  # type: ignore[arg-type]
 
 
 class RawSetQueue(RawQueue):
@@ -209,8 +211,8 @@ class RawSetQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.scard(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return sorted(strings(self.store.redis.smembers(self.key)))[skip:skip + limit]
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        return sorted(bytes(p) for p in self.store.redis.smembers(self.key))[skip:skip + limit]  # type: ignore[arg-type]
 
 
 class RawSortedSetQueue(RawQueue):
@@ -241,8 +243,9 @@ class RawSortedSetQueue(RawQueue):
     def size(self) -> int:
         return int(self.store.redis.zcard(self.key))
 
-    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[str]:
-        return strings(self.store.redis.zrange(self.key, skip, skip + limit - 1))
+    def list_raw_jobs(self, skip: int = 0, limit: int = 20) -> list[bytes]:
+        rows: Any = self.store.redis.zrange(self.key, skip, skip + limit - 1)
+        return list(rows)
 
     def list_raw_jobs_with_scores(self, skip: int = 0, limit: int = 20) -> list[tuple[str, float]]:
         rows: Any = self.store.redis.zrange(self.key, skip, skip + limit - 1, withscores=True)

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..connections import execute_and_publish
+from ..exceptions import InvalidQueueName
+from ..storage.keys import REVERSE_SUFFIX, validate_queue_name
 from ..store import strings
-from .base import Queue
+from .base import Queue, queue_kind
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 MAX_DEQUEUE = 500  # ids taken per Lua call at most
 #: Ids read per command when a whole structure must be read (reconciliation): Redis stays
@@ -24,14 +29,15 @@ WINDOW = 10_000
 
 class RegularQueue(Queue):
     """Job ids in a Redis LIST `{p:q:<name>}:ids`; due retries in the ZSET `{p:q:<name>}:delayed`;
-    ids of cancelled jobs still in the list in the ZSET `{p:q:<name>}:cancelled`. Names ending in
-    `_reverse` are taken newest first (LIFO)."""
+    ids of cancelled jobs still in the list in the ZSET `{p:q:<name>}:cancelled`. With
+    `reverse=True` (a worker given `<name>_reverse`, as in MRQ) the queue is taken newest first
+    (LIFO); producers push the same way whatever the readers do."""
 
     kind = "regular"
 
-    @property
-    def is_reverse(self) -> bool:
-        return self.root.endswith("_reverse")
+    def __init__(self, name: str, store: Store | None = None, *, reverse: bool = False) -> None:
+        super().__init__(name, store)
+        self.is_reverse = reverse
 
     # --- in -----------------------------------------------------------------------------------------
 
@@ -141,6 +147,18 @@ class RegularQueue(Queue):
             self.store.scripts.cancel(keys=[keys.queue_delayed(self.name), keys.queue_cancelled(self.name)],
                                       args=[repr(time.time()), *ids])
 
+    def move_to_back(self, job_id: str, *, stays: bool = True) -> int:
+        """A queued job was requeued (its document says so already): every copy of its id leaves
+        the list and, when it `stays` on this queue, one goes to the back (move_to_back.lua, one
+        atomic call). Returns the copies removed."""
+        keys = self.store.keys
+        removed = int(self.store.scripts.move_to_back(
+            keys=[keys.queue_ids(self.name), keys.queue_delayed(self.name), keys.queue_cancelled(self.name)],
+            args=[job_id, "push" if stays else ""]))
+        if stays:
+            self.store.redis.publish(keys.notify_channel(self.name), "1")
+        return removed
+
     # --- reading --------------------------------------------------------------------------------------
 
     def size(self) -> int:
@@ -182,3 +200,18 @@ class RegularQueue(Queue):
             yield member
         for worker_id in worker_ids:
             yield from redis.sscan_iter(keys.queue_running(self.name, worker_id), count=1000)
+
+
+def worker_queue(name: str, store: Store | None = None) -> Queue:
+    """The queue a worker argument names (not a `root/` group): as in MRQ, `<name>_reverse` is the
+    regular queue `<name>` taken newest first; any other name is that queue."""
+    if name.endswith(REVERSE_SUFFIX):
+        base = name[:-len(REVERSE_SUFFIX)]
+        if not base or base.endswith("/"):
+            raise InvalidQueueName(f"worker queue {name!r}: give the queue to take newest first before "
+                                   f"{REVERSE_SUFFIX} (e.g. default{REVERSE_SUFFIX})")
+        if queue_kind(validate_queue_name(base)) != "regular":
+            raise InvalidQueueName(f"worker queue {name!r}: {REVERSE_SUFFIX} (newest first) applies to regular "
+                                   f"queues only, and {base!r} is a raw queue")
+        return RegularQueue(base, store, reverse=True)
+    return Queue(name, store)

@@ -15,7 +15,8 @@ from ..exceptions import InvalidQueueName
 
 # Letters, digits and a few safe punctuation marks; '/' separates subqueues. No whitespace, no
 # ':' (the key separator), no braces (hash tags), no glob characters (pattern subscriptions).
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_\-.@+=]+(?:/[A-Za-z0-9_\-.@+=]+)*")
+# MRQ also accepted `/main` (one part after a leading '/'): a plain queue of that name.
+_QUEUE_NAME = re.compile(r"/[A-Za-z0-9_\-.@+=]+|[A-Za-z0-9_\-.@+=]+(?:/[A-Za-z0-9_\-.@+=]+)*")
 MAX_QUEUE_NAME = 200
 
 
@@ -31,6 +32,8 @@ def validate_queue_name(name: object, *, allow_subqueue_wildcard: bool = False) 
         raise InvalidQueueName("queue name is empty")
     if len(name) > MAX_QUEUE_NAME:
         raise InvalidQueueName(f"queue name is longer than {MAX_QUEUE_NAME} characters")
+    if name.startswith("/") and "/" in name[1:]:
+        raise InvalidQueueName(f"queue name {name!r}: a name starting with '/' is a plain queue, with no subqueues")
     base = name
     if name.endswith("/"):
         if not allow_subqueue_wildcard:
@@ -48,6 +51,25 @@ def validate_queue_name(name: object, *, allow_subqueue_wildcard: bool = False) 
                 "with '/' between subqueue parts"
             )
         raise InvalidQueueName(f"queue name {name!r}: empty part between '/' separators")
+    return name
+
+
+#: MRQ's worker-argument suffix: `mrq-worker default_reverse` takes `default` newest first.
+REVERSE_SUFFIX = "_reverse"
+
+
+def validate_job_queue(name: object) -> str:
+    """A queue a job may be put on (queue_job, a retry, a requeue, a schedule, a raw queue's
+    retry_queue): validate_queue_name, and not a name ending in `_reverse`, which (as in MRQ) is
+    how a worker takes another queue newest first, not a queue of its own. As in MRQ, `main/`
+    is a queue of that name (which a worker given `main/` takes with main's subqueues)."""
+    name = validate_queue_name(name, allow_subqueue_wildcard=isinstance(name, str) and not name.startswith("/"))
+    if name.endswith(REVERSE_SUFFIX):
+        base = name[:-len(REVERSE_SUFFIX)]
+        raise InvalidQueueName(
+            f"queue name {name!r} ends with {REVERSE_SUFFIX}: that form only tells a worker to take the queue "
+            f"{base!r} newest first (mrq-worker {name}); queue jobs on {base!r}"
+        )
     return name
 
 

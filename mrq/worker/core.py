@@ -39,7 +39,7 @@ from ..exceptions import AbortInterrupt, ConfigError, ShutdownInterrupt, StoreUn
 from ..helpers import emit_metric
 from ..joblogs import JobLogHandler
 from ..lifecycle import HeldJobs
-from ..queue import Queue, RawQueue, RegularQueue, paused_queues
+from ..queue import Queue, RawQueue, RegularQueue, paused_queues, worker_queue
 from ..queue.registry import adopt_legacy
 from ..scheduler import Scheduler, validate_schedule
 from ..startup import run_startup_checks
@@ -198,7 +198,7 @@ class Worker:
     def _check_raw_queues(self) -> None:
         """A raw queue without a valid RAW_QUEUES entry stops the worker at start."""
         for name in self.settings.queues:
-            probe = Queue(name.rstrip("/") if name.endswith("/") else name, self.store)
+            probe = Queue(name.rstrip("/"), self.store) if name.endswith("/") else worker_queue(name, self.store)
             if isinstance(probe, RawQueue):
                 probe.config  # noqa: B018 - raises ConfigError naming the queue
 

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backoff import STORE_ERRORS, retry_through_outage
-from ..queue import Queue, RegularQueue, is_paused_in, subqueue_names
+from ..queue import Queue, RegularQueue, is_paused_in, subqueue_names, worker_queue
 from .taskfilter import TaskFilter
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class QueueSelector:
         self.host = host
         self.task_filter = task_filter  # --task_whitelist / --task_blacklist (regular queues)
         self.entries: list[Queue | SubqueueGroup] = [
-            SubqueueGroup(store, name[:-1]) if name.endswith("/") else Queue(name, store) for name in names
+            SubqueueGroup(store, name[:-1]) if name.endswith("/") else worker_queue(name, store) for name in names
         ]
         self._seen: set[str] = set()
         self._offset = 0
