@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import logging
 import os
 import re
 import runpy
@@ -204,10 +206,12 @@ def load_settings(
             option = OPTIONS_BY_NAME.get(key.lower())
             if option is None:
                 extra[key.lower()] = raw
+                _warn_if_typo(key, f"config file {path}")
                 continue
             _apply(values, sources, option, raw, f"config file {path}: {key}")
             sources[option.name] = "file"
 
+    _warn_unknown_env(env)
     for option in OPTIONS:
         raw_env = env.get(option.env_name)
         if raw_env is None or raw_env == "":
@@ -236,6 +240,39 @@ def load_settings(
     settings = Settings(values=values, extra=extra, sources=sources, config_file=None if path is None else str(path))
     _validate(settings)
     return settings, args
+
+
+log = logging.getLogger("mrq.config")
+
+#: MRQ_* variables that are not settings: read by mrq's tools, its tests and its demo.
+_ENV_NOT_SETTINGS = ("MRQ_CONFIG", "MRQ_IS_SUBPROCESS", "MRQ_PARENT_PID", "MRQ_PROCESS_NUM", "MRQ_DASHBOARD_PORT",
+                     "MRQ_NEED_CHROMIUM", "MRQ_TEST_", "MRQ_BENCH_")
+
+
+def _nearest(name: str, candidates: Iterator[str] | list[str], cutoff: float) -> str | None:
+    found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def _warn_if_typo(key: str, where: str) -> None:
+    """An uppercase config-file key that is not a setting is kept for `get_current_config()` (MRQ
+    allowed custom keys); one that looks like a setting's name is most likely a typo."""
+    if re.fullmatch(r"(REDIS|MONGODB)_[A-Z0-9_]+", key) or key.lower() in DEPRECATED_FLAGS:
+        return  # named connections (connections.redis_<name>), MRQ 0.9 keys mrq ignores
+    nearest = _nearest(key.upper(), [option.name.upper() for option in OPTIONS], 0.8)
+    if nearest is not None:
+        log.warning("%s: %s is not an mrq setting: did you mean %s? (kept as a custom key)", where, key, nearest)
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """MRQ_* variables that no setting reads: named with the nearest setting's variable."""
+    known = {option.env_name for option in OPTIONS}
+    for name in env:
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(_ENV_NOT_SETTINGS):
+            continue
+        nearest = _nearest(name, sorted(known), 0.6)
+        log.warning("environment variable %s is not an mrq setting%s: ignored", name,
+                    f" (did you mean {nearest}?)" if nearest else "")
 
 
 def _copy_default(value: Any) -> Any:

@@ -89,6 +89,30 @@ def test_unknown_uppercase_file_keys_pass_through(tmp_path: Path) -> None:
     assert "lower" not in settings and "_private" not in settings
 
 
+def test_mistyped_keys_and_variables_are_named_with_the_nearest_setting(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_config(tmp_path, """
+        GREENLET = 5
+        DEQUEUE_STRATEGIE = "burst"
+        MY_API_KEY = "x"
+        REDIS_SECOND = "redis://127.0.0.1:1/0"
+        MAX_LATENCY = 1
+    """)
+    with caplog.at_level("WARNING", logger="mrq.config"):
+        settings = worker_settings(tmp_path, env={"MRQ_GREENLET": "7", "MRQ_NOPE": "1", "MRQ_TEST_X": "1",
+                                                  "MRQ_CONFIG": str(tmp_path / "mrq-config.py")})
+    lines = [record.getMessage() for record in caplog.records]
+    assert settings.greenlets == 1 and settings["greenlet"] == 5  # not applied, kept as a custom key
+    assert any("GREENLET is not an mrq setting: did you mean GREENLETS?" in line for line in lines)
+    assert any("DEQUEUE_STRATEGIE is not an mrq setting: did you mean DEQUEUE_STRATEGY?" in line for line in lines)
+    assert any("MRQ_GREENLET is not an mrq setting (did you mean MRQ_GREENLETS?): ignored" in line
+               for line in lines)
+    assert any(line.startswith("environment variable MRQ_NOPE is not an mrq setting") for line in lines)
+    quiet = ("MY_API_KEY", "REDIS_SECOND", "MAX_LATENCY", "MRQ_TEST_X", "MRQ_CONFIG")  # custom, named, MRQ's, ours
+    assert not [line for line in lines if any(name in line for name in quiet)], lines
+    assert len(lines) == 4
+
+
 def test_boolean_flag_and_env(tmp_path: Path) -> None:
     assert worker_settings(tmp_path, ["--scheduler"]).scheduler is True
     assert worker_settings(tmp_path, env={"MRQ_SCHEDULER": "0"}).scheduler is False
