@@ -275,6 +275,31 @@ def _warn_unknown_env(env: Mapping[str, str]) -> None:
                     f" (did you mean {nearest}?)" if nearest else "")
 
 
+def _validate_redis_uri(uri: str) -> None:
+    """The Redis URI's form, checked when the settings load (connections are made later, lazily:
+    a malformed URI would otherwise surface deep in the first Redis call)."""
+    from redis.connection import parse_url
+
+    scheme, sep, rest = uri.partition("://")
+    what = "redis: expected redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+    if not sep or scheme.lower() not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        raise ConfigError(f"{what}, got {_redacted(uri)!r}")
+    if scheme.lower() in ("redis+sentinel", "redis+cluster"):
+        hosts = rest.split("/", 1)[0].rpartition("@")[2]
+        bad = [h for h in hosts.split(",") if not re.fullmatch(r"\[?[^\s:/\[\]]*\]?(:\d{1,5})?", h)]
+        if not hosts or bad:
+            raise ConfigError(f"redis: expected host:port[,host:port...] after {scheme}://, got {_redacted(uri)!r}")
+        return
+    try:
+        parse_url(uri)
+    except ValueError as exc:
+        raise ConfigError(f"redis: invalid URI {_redacted(uri)!r}: {exc}") from None
+
+
+def _redacted(uri: str) -> str:
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", uri)
+
+
 def _copy_default(value: Any) -> Any:
     return type(value)(value) if isinstance(value, list | dict) else value
 
@@ -292,6 +317,7 @@ def _validate(settings: Settings) -> None:
     for key in ("mongodb_jobs",):
         if not settings[key].startswith(("mongodb://", "mongodb+srv://")):
             raise ConfigError(f"{key}: expected a mongodb:// URI, got {settings[key]!r}")
+    _validate_redis_uri(settings.redis)
     _validate_log_handlers(settings)
     for item in settings.log_levels:
         name, sep, level = item.partition("=")

@@ -49,6 +49,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+#: Where each store's address comes from, said with every "cannot reach" error.
+WHERE_SET = {"Redis": "MRQ_REDIS or --redis", "MongoDB": "MRQ_MONGODB_JOBS or --mongodb_jobs"}
+
+
+def store_error(what: str, uri: str, exc: BaseException, timeout: float | None = None) -> str:
+    """One line for a store that failed: which, where, why (without pymongo's topology dump or a
+    password), and where its address is set."""
+    reason = _first_line(exc)
+    if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError):
+        within = f" within {timeout:g}s" if timeout else ""
+        reason = f"no server answered{within} (" + reason.split(" (configured timeouts")[0].split(", Timeout:")[0] + ")"
+    elif isinstance(exc, pymongo.errors.OperationFailure):
+        return f"{what} at {redact_uri(uri)} refused the command: {redact_text(reason, uri)}"
+    return (f"cannot reach {what} at {redact_uri(uri)}: {redact_text(reason.rstrip('.'), uri)}. Is it running, at that "
+            f"address? ({WHERE_SET.get(what, what)} sets it)")
+
+
 # --- Redis ----------------------------------------------------------------------------------------
 
 
@@ -264,8 +281,7 @@ class Connections:
             raise StoreUnavailable(f"Redis at {redact_uri(uri)} refused the credentials: "
                                    f"{redact_text(_first_line(exc), uri)}") from None
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise StoreUnavailable(f"cannot reach Redis at {redact_uri(uri)}: "
-                                   f"{redact_text(_first_line(exc), uri)}") from None
+            raise StoreUnavailable(store_error("Redis", uri, exc)) from None
 
     def check_mongodb(self) -> None:
         """Ping every configured MongoDB; raise StoreUnavailable with a one-line reason on failure."""
@@ -276,16 +292,8 @@ class Connections:
             try:
                 with pymongo.timeout(self.settings.mongodb_timeout):  # a clear error within a few seconds
                     self._mongo_client(uri).admin.command("ping")
-            except pymongo.errors.OperationFailure as exc:
-                raise StoreUnavailable(f"MongoDB at {redact_uri(uri)} refused the command: "
-                                       f"{redact_text(_first_line(exc), uri)}") from None
             except pymongo.errors.PyMongoError as exc:
-                reason = "timed out" if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError) else \
-                    redact_text(_first_line(exc), uri)
-                if isinstance(exc, pymongo.errors.ServerSelectionTimeoutError):
-                    detail = redact_text(_first_line(exc).split(", Timeout:")[0], uri)
-                    reason = f"no server answered within {self.settings.mongodb_timeout:g}s ({detail})"
-                raise StoreUnavailable(f"cannot reach MongoDB at {redact_uri(uri)}: {reason}") from None
+                raise StoreUnavailable(store_error("MongoDB", uri, exc, self.settings.mongodb_timeout)) from None
 
     def check(self) -> None:
         self.check_redis()

@@ -242,6 +242,17 @@ def test_worker_rejects_bad_queue_and_unreachable_store(store: Store, worker_fac
     output = worker.output()
     assert "cannot reach Redis at redis://:***@127.0.0.1:" in output and "pw-secret" not in output
     assert "Traceback" not in output
+    assert "Is it running, at that address? (MRQ_REDIS or --redis sets it)" in output  # what to do next
+    for uri in ("notaurl", "redis://127.0.0.1:notaport/0"):  # malformed: a usage error, at once
+        worker = worker_factory(wait=False, env={"MRQ_REDIS": uri})
+        assert worker.wait(20) == 2
+        assert "redis: " in worker.output() and "Traceback" not in worker.output()
+    from mrq.testing.workers import run_command
+
+    done = run_command(mrq_settings.replace(redis="redis://127.0.0.1:notaport/0"), "mrq.cli.run",
+                       ["--queue", "default", "tests.tasks.general.Add", "a", "1", "b", "2"])
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Port could not be cast to integer" in done.stderr
 
 
 def test_worker_help_is_complete(store: Store, mrq_settings: Any) -> None:

@@ -22,7 +22,7 @@ from bson import ObjectId
 
 from .. import current
 from ..clock import utcnow
-from ..connections import redact_text, redact_uri
+from ..connections import store_error
 from ..exceptions import InvalidJob, StoreUnavailable
 from ..helpers import emit_metric
 from ..lifecycle import documents
@@ -137,7 +137,7 @@ def queue_jobs(
             _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
-            raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+            raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
         batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
         emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
         _push_ids(store, queue, batch_ids)
@@ -154,7 +154,7 @@ def _push_unpushed(store: Store, queue: str, ids: list[ObjectId]) -> None:
         waiting = [doc["_id"] for doc in store.jobs.find(
             {"_id": {"$in": ids}, "status": QUEUED, "datequeued": {"$lt": settled}}, {"_id": 1})]
     except pymongo.errors.PyMongoError as exc:
-        raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc) from None
+        raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
     if waiting:
         _push_ids(store, queue, waiting, just_inserted=False)
 
@@ -182,9 +182,8 @@ def _push_ids(store: Store, queue: str, ids: list[ObjectId], *, just_inserted: b
             raise _unavailable("Redis", store.settings.redis, exc) from None
 
 
-def _unavailable(what: str, uri: str, exc: BaseException) -> StoreUnavailable:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return StoreUnavailable(f"{what} at {redact_uri(uri)} failed: {redact_text(first, uri)}")
+def _unavailable(what: str, uri: str, exc: BaseException, timeout: float | None = None) -> StoreUnavailable:
+    return StoreUnavailable(store_error(what, uri, exc, timeout))
 
 
 def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, *,
