@@ -79,7 +79,19 @@ def test_mrq_run_bad_inputs(store: Store, mrq_settings: Any) -> None:
     one_line_error(run("tests.tasks.general.Fail", '{"message": "bad"}'), 1, "raised ValueError: bad")
     one_line_error(run("tests.tasks.general.ReturnObject"), 1, "not JSON-serialisable")
     one_line_error(run("--queue", "bad queue", "tests.tasks.general.Add"), 2, "contains ' '")
+    one_line_error(run("tests.tasks.general.Add", "a:=nope", "b:=2"), 2, "a:= is not valid JSON")
+    one_line_error(run("tests.tasks.general.Add", ":=1"), 2, "a key is missing before ':='")
+    one_line_error(run(), 2, "the task path is required")
+    one_line_error(run("--queue", "default", "tests.tasks.general.Nope", "a", "1"), 4, "nothing queued")
     assert store.jobs.count_documents({}) == 0
+
+
+def test_mrq_run_typed_values(store: Store, mrq_settings: Any) -> None:
+    run = lambda *args: run_command(mrq_settings, "mrq.cli.run", list(args))  # noqa: E731
+    assert run("tests.tasks.general.Add", "a", "1", "b", "2").stdout.strip() == '"12"'  # MRQ: strings
+    assert run("tests.tasks.general.Add", "a:=1", "b:=2").stdout.strip() == "3"
+    assert run("tests.tasks.general.Echo", "n:=1.5", "tags:=[\"x\"]", "name", "ann", "ok:=true").stdout.strip() \
+        == '{"n": 1.5, "tags": ["x"], "name": "ann", "ok": true}'
 
 
 # --- MRQ 0.9 compatibility (issue #16): MRQ-style config files and task modules ---------------------

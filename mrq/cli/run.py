@@ -13,27 +13,45 @@ from typing import Any
 
 DESCRIPTION = """Run a task in this process and print its JSON result (no worker needed; Redis and
 MongoDB are used only if the task uses them), or with --queue, queue it for a worker and print the
-job id. Params: one JSON object ('{"url": "https://..."}') or key value pairs (url https://...).
+job id. Params: one JSON object ('{"url": "https://..."}'), or key value pairs (url https://...:
+values are strings, as in MRQ), or key:=JSON pairs for typed values (a:=1 b:=2.5 tags:='["x"]').
+With --queue the task must be importable here (a typo is refused, exit 4).
 Exit codes: 0 success, 1 the task failed, 2 bad command line or params, 3 Redis/MongoDB
 unreachable, 4 unknown task."""
 
 
 def parse_params(taskargs: Sequence[str]) -> dict[str, Any]:
-    """One JSON object, or key value pairs (values stay strings). Raises ValueError saying why."""
+    """One JSON object, or key value pairs (values stay strings, as in MRQ) mixed with key:=JSON
+    pairs (typed values). Raises ValueError saying why."""
     if not taskargs:
         return {}
     if len(taskargs) == 1 and taskargs[0].lstrip().startswith(("{", "[", '"')):
         try:
-            params = json.loads(taskargs[0])
+            whole = json.loads(taskargs[0])
         except json.JSONDecodeError as exc:
             raise ValueError(f"params are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
-        if not isinstance(params, dict):
-            raise ValueError(f"params must be a JSON object, got a JSON {type(params).__name__}")
-        return params
-    if len(taskargs) % 2:
-        raise ValueError(f"params must be one JSON object or key value pairs; got {len(taskargs)} words "
-                         f"(the last key {taskargs[-1]!r} has no value)")
-    return dict(zip(taskargs[::2], taskargs[1::2], strict=True))
+        if not isinstance(whole, dict):
+            raise ValueError(f"params must be a JSON object, got a JSON {type(whole).__name__}")
+        return whole
+    params: dict[str, Any] = {}
+    words = list(taskargs)
+    while words:
+        word = words.pop(0)
+        key, typed, raw = word.partition(":=")
+        if typed:  # key:=JSON, a typed value in one word
+            if not key:
+                raise ValueError(f"{word!r}: a key is missing before ':='")
+            try:
+                params[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{key}:= is not valid JSON ({exc.msg}): {raw!r} (quote strings: "
+                                 f"{key}:='\"text\"', or use '{key} text')") from None
+            continue
+        if not words:
+            raise ValueError(f"params must be one JSON object, key value pairs or key:=JSON; the last key {word!r} "
+                             "has no value")
+        params[word] = words.pop(0)  # key value: a string, as in MRQ
+    return params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,10 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "mrq-run"
     sys.path.insert(0, os.getcwd())
     parser = build_parser(RUN, prog=prog, description=DESCRIPTION)
-    parser.add_argument("path", help="Dotted path of the task, e.g. tasks.io.Fetch")
-    parser.add_argument("taskargs", nargs=argparse.REMAINDER, help="One JSON object, or key value pairs")
+    parser.add_argument("path", nargs="?", help="Dotted path of the task, e.g. tasks.io.Fetch")
+    parser.add_argument("taskargs", nargs=argparse.REMAINDER,
+                        help="Optional params: one JSON object, key value pairs, or key:=JSON pairs")
     try:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=RUN, parser=parser)
+        if not getattr(args, "path", None):
+            parser.error("the task path is required (mrq-run tasks.io.Fetch url https://...)")
         params = parse_params(args.taskargs)
         validate_task_path(args.path)
     except (ConfigError, ValueError, InvalidJob) as exc:
@@ -86,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = current.set_current_config(settings)
 
     if settings.queue:
+        try:
+            load_task(args.path)  # a typo is refused here, not found by a worker later
+        except TaskNotFound as exc:
+            store.close()
+            return fail(prog, f"{exc} (nothing queued)", EXIT_NOT_FOUND)
         try:
             job_id = queue_job(args.path, params, queue=settings.queue, store=store)
         except (InvalidJob, InvalidQueueName) as exc:
