@@ -144,7 +144,20 @@ def last_line(text: Any, length: int = 300) -> str:
     return short(lines[-1], length) if lines else ""
 
 
+#: What the job page's log panel says once the job is final (app.js's ENDED says the same).
+ENDED_WORDS = {
+    "success": "The job has finished.", "failed": "The job failed.", "cancel": "The job was cancelled.",
+    "abort": "The job was aborted.", "timeout": "The job timed out.", "maxretries": "The job failed: no retries left.",
+    "interrupt": "The job was interrupted: its worker stopped.",
+}
+
+
+def ended_words(job: Mapping[str, Any]) -> str:
+    return ENDED_WORDS.get(str(job.get("status")), "The job has ended.")
+
+
 FILTERS = {
+    "ended_words": ended_words,
     "duration": duration,
     "ago": ago,
     "timestamp": timestamp,

@@ -195,6 +195,8 @@ def test_every_page_renders_without_console_errors(live: Live, watched: Watched)
         for text in texts:
             body.get_by_text(text, exact=False).first.wait_for(state="attached")
         assert page.locator("h1").inner_text()
+        if name in ("taskpaths", "exceptions"):  # their own refresh interval is one of the menu's choices
+            assert page.locator("#refresh").input_value() == "15"
         page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
         assert watched.errors == [], (path, watched.errors)
     page = open_page(watched, "/")
@@ -244,6 +246,7 @@ def test_cancel_and_requeue_by_clicking_without_reload(live: Live, watched: Watc
     page.locator(".job-status .status").get_by_text("cancel").wait_for()
     page.locator("#flash").get_by_text(f"job {queued}: cancel").wait_for()
     assert same_document(page) and Job(queued, store).fetch().status == "cancel"
+    page.locator("#logs-state").get_by_text("The job was cancelled.").wait_for()
 
     failed = queue_job(f"{TASKS}.Fail", {"message": "requeue me"}, queue="requeue-q", store=store)
     wait_final(store, failed)
@@ -285,6 +288,7 @@ def test_bulk_cancel_with_a_preview(live: Live, watched: Watched) -> None:
     mark_document(page)
     apply = page.locator('#bulk [data-bulk="run"]')
     assert apply.is_disabled()
+    assert page.locator("#bulk select[name=action]").input_value() == "cancel"
     page.click('#bulk [data-bulk="preview"]')
     page.locator("#bulk output").get_by_text("cancel 3 jobs?").wait_for()
     assert all(Job(i, store).fetch().status == "queued" for i in ids)  # a preview changes nothing
@@ -292,6 +296,11 @@ def test_bulk_cancel_with_a_preview(live: Live, watched: Watched) -> None:
     page.locator("#bulk output").get_by_text("cancel: 3 of 3 jobs changed").wait_for()
     page.locator("table.jobs tbody tr[data-status='cancel']").nth(2).wait_for()
     assert same_document(page) and all(Job(i, store).fetch().status == "cancel" for i in ids)
+
+
+def test_bulk_action_on_finished_jobs_defaults_to_requeue(live: Live, watched: Watched) -> None:
+    page = open_page(watched, "/jobs?status=failed")
+    assert page.locator("#bulk select[name=action]").input_value() == "requeue"
 
 
 def test_running_job_logs_appear_live(live: Live, watched: Watched) -> None:

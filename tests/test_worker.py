@@ -57,6 +57,8 @@ def test_failed_stores_traceback_and_type(store: Store, worker_factory: Any) -> 
     assert data["exceptiontype"] == "ValueError"
     assert "ValueError: boom" in data["traceback"] and "general.py" in data["traceback"]
     assert data["traceback_history"][-1]["status"] == "failed"
+    frames = [line for line in data["traceback"].splitlines() if line.lstrip().startswith('File "')]
+    assert frames and "tests/tasks/general.py" in frames[0], frames  # the task's own frame first, not mrq's
 
 
 def test_unknown_task_fails_and_worker_keeps_going(store: Store, worker_factory: Any) -> None:
@@ -100,6 +102,8 @@ def test_retry_then_success(store: Store, worker_factory: Any) -> None:
     data = wait_status(job_id, "success")
     assert data["result"] == 2 and data["retry_count"] == 2
     assert [h["status"] for h in data["traceback_history"]] == ["retry", "retry"]
+    assert "exceptiontype" not in data and "traceback" not in data  # the retries' errors: in the history only
+    assert data["traceback_history"][0]["exceptiontype"] == "RetryInterrupt"
 
 
 def test_retry_with_delay_waits_then_runs(store: Store, worker_factory: Any) -> None:

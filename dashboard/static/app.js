@@ -165,6 +165,12 @@
 
   /* --- job logs: append new lines while the job runs ---------------------------------------------- */
 
+  /* What the log panel says once a job is final (dashboard/formatting.py ENDED_WORDS says the same). */
+  var ENDED = {
+    success: "The job has finished.", failed: "The job failed.", cancel: "The job was cancelled.",
+    abort: "The job was aborted.", timeout: "The job timed out.", maxretries: "The job failed: no retries left.",
+    interrupt: "The job was interrupted: its worker stopped."
+  };
   var logs = document.getElementById("logs");
   if (logs) {
     var after = logs.getAttribute("data-after") || "";
@@ -190,7 +196,9 @@
           if (wasFinished) {
             if (lastRound) {
               var state = document.getElementById("logs-state");
-              if (state) { state.textContent = "The job has finished."; }
+              var head = document.querySelector("[data-job-status]");
+              var status = head ? head.getAttribute("data-job-status") : "";
+              if (state) { state.textContent = ENDED[status] || "The job has ended."; }
               return;
             }
             lastRound = true; /* one more read: the worker flushes its last lines as the job ends */

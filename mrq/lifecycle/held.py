@@ -32,7 +32,7 @@ from ..queue import RegularQueue
 from ..storage.leases import Leases
 from . import documents as docs
 from .policy import Refused, write
-from .statuses import QUEUED, RETRY, STARTABLE_STATUSES, STARTED
+from .statuses import QUEUED, RETRY, STARTABLE_STATUSES, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from ..store import Store, TaskSettings
@@ -194,6 +194,8 @@ class HeldJobs:
     def final(self, job: HeldJob, fields: dict[str, Any], history: dict[str, Any] | None) -> FinalWrite:
         """The write that stores a final status (`fields` come from documents.final_fields)."""
         update: dict[str, Any] = {"$set": fields}
+        if fields.get("status") == SUCCESS:  # an earlier attempt's error stays in traceback_history only
+            update["$unset"] = {"exceptiontype": "", "traceback": ""}
         if history is not None:
             docs.push_history(update, history)
         base = self._upsert_base(job, update)

@@ -23,6 +23,7 @@ from bson import ObjectId
 from gevent import Greenlet
 
 from .. import job as jobs
+from .. import task as task_module
 from ..clock import utcnow
 from ..exceptions import (
     AbortInterrupt,
@@ -102,8 +103,22 @@ class Outcome:
     log_message: str = ""
 
 
+#: Files whose frames open every job's traceback (the worker calling the task): left out of the top.
+_CALLER_FILES = frozenset({__file__, task_module.__file__})
+
+
+def _from_the_task(tb: Any) -> Any:
+    """The traceback without mrq's own frames on top (the worker calling the task), when frames of
+    the task's code follow; unchanged when the error happened in mrq itself."""
+    inner = tb
+    while inner is not None and inner.tb_frame.f_code.co_filename in _CALLER_FILES:
+        inner = inner.tb_next
+    return inner if inner is not None else tb
+
+
 def format_exception(exc_info: tuple[Any, Any, Any], original: Any = None) -> str:
-    text = "".join(traceback.format_exception(*exc_info))
+    exc_type, exc, tb = exc_info
+    text = "".join(traceback.format_exception(exc_type, exc, _from_the_task(tb)))
     if original:
         text += "\n---- Original exception: -----\n" + "".join(traceback.format_exception(*original))
     if len(text) > MAX_TRACEBACK_CHARS:
