@@ -96,9 +96,10 @@ class Reconciler:
             return False
         if not self._acquire():
             return False  # another worker is on it
-        why = "Redis has no epoch key (a new or emptied Redis)" if recorded is None else \
+        why = "this Redis is new to mrq (first start, or its data was lost)" if recorded is None else \
             "Redis runs another server than at the last reconciliation (a restart or a failover)"
-        log.info("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
+        # Quiet on a first start (nothing to put back); what was put back is said below, loudly.
+        log.debug("%s: putting back the waiting jobs and paused queues MongoDB knows about", why)
         try:
             with pymongo.timeout(self._op_timeout):  # paused first: no job of a paused queue starts meanwhile
                 paused = restore_paused(self.store)
