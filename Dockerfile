@@ -10,7 +10,7 @@
 # --- build: the wheels of mrq and its dependencies ----------------------------------------------------
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY mrq ./mrq
 COPY dashboard ./dashboard
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[hiredis]"

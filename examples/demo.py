@@ -72,7 +72,7 @@ def main() -> int:
         worker = subprocess.Popen([sys.executable, "-m", "mrq.cli.worker", "--greenlets", "10", "default"],
                                   cwd=ROOT, env=env, start_new_session=True)
         port = int(env.get("MRQ_DASHBOARD_PORT") or 0) or (free_port() if port_open(5555) else 5555)
-        dashboard = subprocess.Popen([sys.executable, "-m", "dashboard.cli", "--port", str(port)], cwd=ROOT,
+        dashboard = subprocess.Popen([sys.executable, "-m", "mrq_dashboard.cli", "--port", str(port)], cwd=ROOT,
                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL)
         wait_for_port(port, timeout=30, proc=dashboard)
         print(f"demo: dashboard http://127.0.0.1:{port}/", flush=True)

@@ -150,7 +150,7 @@ def test_killed_worker_jobs_are_recovered_on_the_cluster(cluster: RedisCluster, 
 
 
 def test_dashboard_reads_the_cluster(cluster_store: Store) -> None:
-    from dashboard.app import create_app
+    from mrq_dashboard.app import create_app
 
     queue_jobs(f"{TASKS}.Add", [{"a": 1, "b": 2}] * 3, queue="alpha")
     queue_raw_jobs("fast_raw", ["x"])

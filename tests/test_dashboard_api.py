@@ -19,7 +19,7 @@ from bson import ObjectId
 from flask import Flask
 from flask.testing import FlaskClient
 
-from dashboard import create_app
+from mrq_dashboard import create_app
 from mrq.config import Settings, load_settings
 from mrq.connections import Connections
 from mrq.job import ALL_STATUSES, Job, queue_job
@@ -692,11 +692,11 @@ def test_pages_cost_a_bounded_number_of_commands_with_100k_jobs(mrq_settings: Se
 
 
 class DashboardProcess(CommandProcess):
-    module = "dashboard.cli"
+    module = "mrq_dashboard.cli"
 
 
 def test_mrq_dashboard_serves_warns_and_stops(mrq_settings: Settings) -> None:
-    help_text = subprocess.run([sys.executable, "-m", "dashboard.cli", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([sys.executable, "-m", "mrq_dashboard.cli", "--help"], capture_output=True, text=True,
                                timeout=60)
     assert help_text.returncode == 0
     for flag in ("--port", "--bind", "--dashboard_auth", "--dashboard_token", "--dashboard_readonly",
@@ -728,7 +728,7 @@ def test_mrq_dashboard_serves_warns_and_stops(mrq_settings: Settings) -> None:
 
 
 def test_dashboard_metrics_endpoint(store: Any, mrq_settings: Any) -> None:
-    from dashboard import create_app
+    from mrq_dashboard import create_app
     from mrq.job import queue_jobs
 
     queue_jobs("tests.tasks.general.Add", [{"a": 1, "b": 1}] * 3, queue="metered")

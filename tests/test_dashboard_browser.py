@@ -47,7 +47,7 @@ if not os.path.exists(CHROMIUM):
 
 
 class DashboardProcess(CommandProcess):
-    module = "dashboard.cli"
+    module = "mrq_dashboard.cli"
 
 
 @dataclass

@@ -23,9 +23,9 @@ import redis
 from bson import ObjectId
 from flask.testing import FlaskClient
 
-from dashboard import create_app
-from dashboard.jobfilter import parse_job_filter
-from dashboard.queries import sorted_read
+from mrq_dashboard import create_app
+from mrq_dashboard.jobfilter import parse_job_filter
+from mrq_dashboard.queries import sorted_read
 from mrq.config import Settings
 from mrq.connections import Connections
 from mrq.lifecycle import documents

@@ -42,7 +42,7 @@ def test_closing_the_terminal_stops_everything_the_demo_started() -> None:
         started = psutil.Process(demo.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in started)
         assert "redis-server" in names and "mongo_server" in names and "mrq.cli.worker" in names \
-            and "dashboard.cli" in names, names
+            and "mrq_dashboard.cli" in names, names
         reader = threading.Thread(target=demo.stdout.read, daemon=True)  # keeps the pipe drained
         reader.start()
         demo.send_signal(signal.SIGHUP)

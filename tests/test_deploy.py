@@ -251,7 +251,7 @@ def test_dockerfile_copies_only_files_the_build_context_has() -> None:
             continue
         sources = [token for token in shlex.split(arg) if not token.startswith("--")][:-1]
         copied.extend(sources)
-    assert {"pyproject.toml", "README.md", "mrq", "dashboard", "deploy/healthcheck.py"} <= set(copied)
+    assert {"pyproject.toml", "setup.py", "README.md", "mrq", "dashboard", "deploy/healthcheck.py"} <= set(copied)
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
         assert not dockerignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
@@ -264,8 +264,8 @@ def test_package_data_ships_every_non_python_file() -> None:
     package data breaks `import mrq` (or the dashboard) there and nowhere else."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     package_data = setuptools["package-data"]
-    for package in ("mrq", "dashboard"):
-        base = ROOT / package
+    for folder, package in (("mrq", "mrq"), ("dashboard", "mrq_dashboard")):  # setup.py: installed names
+        base = ROOT / folder
         for path in base.rglob("*"):
             if not path.is_file() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
                 continue
@@ -274,7 +274,7 @@ def test_package_data_ships_every_non_python_file() -> None:
             for sub in path.relative_to(base).parents:  # the closest package that declares data
                 dotted = ".".join((package, *sub.parts)) if sub.parts else package
                 if dotted in package_data:
-                    owner, relative = dotted, path.relative_to(ROOT / dotted.replace(".", "/")).as_posix()
+                    owner, relative = dotted, path.relative_to(base / sub).as_posix()
                     break
             globs = package_data.get(owner, [])
             assert any(fnmatch.fnmatchcase(relative, g) for g in globs), \
@@ -418,7 +418,7 @@ def test_healthcheck_of_a_worker(mrq_settings: Settings, worker_factory: Any) ->
 
 
 class DashboardProcess(CommandProcess):
-    module = "dashboard.cli"
+    module = "mrq_dashboard.cli"
 
 
 def test_healthcheck_of_the_dashboard_with_its_credentials(mrq_settings: Settings) -> None:

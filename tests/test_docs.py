@@ -75,7 +75,7 @@ def test_every_code_block_of_getting_started_is_marked() -> None:
 
 
 class DashboardProcess(CommandProcess):
-    module = "dashboard.cli"
+    module = "mrq_dashboard.cli"
 
 
 def check_output(block: Block, output: str) -> None:
@@ -111,7 +111,7 @@ def test_getting_started_runs_as_written(mrq_settings: Settings, tmp_path: Path)
             elif block.kind == "dashboard":
                 args = shlex.split(code)
                 assert args[0] == "mrq-dashboard", where
-                if importlib.util.find_spec("dashboard.cli") is None:
+                if importlib.util.find_spec("mrq_dashboard.cli") is None:
                     pytest.skip(f"{where}: mrq-dashboard is not installed here; the steps before it ran: {ran}")
                 port = free_port()
                 dashboard = DashboardProcess(mrq_settings, args[1:], env={"MRQ_DASHBOARD_PORT": str(port)},

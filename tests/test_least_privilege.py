@@ -76,7 +76,7 @@ def readonly_acl_line(prefix: str) -> list[str]:
 
 def test_a_read_only_dashboard_runs_as_a_read_only_acl_user(mrq_settings: Settings, acl_redis: RedisServer,
                                                            worker_factory: Any) -> None:
-    from dashboard import create_app
+    from mrq_dashboard import create_app
 
     prefix = mrq_settings.redis_prefix
     admin = redis.Redis(port=acl_redis.port)
