@@ -19,7 +19,6 @@ from bson import ObjectId
 from flask import Flask
 from flask.testing import FlaskClient
 
-from mrq_dashboard import create_app
 from mrq.config import Settings, load_settings
 from mrq.connections import Connections
 from mrq.job import ALL_STATUSES, Job, queue_job
@@ -28,6 +27,7 @@ from mrq.storage import mongo
 from mrq.store import Store
 from mrq.testing.stack import MongoTestServer, RedisServer, free_port
 from mrq.testing.workers import CommandProcess, wait_until
+from mrq_dashboard import create_app
 from tests.test_worker import wait_status
 
 TASKS = "tests.tasks.general"
@@ -728,8 +728,8 @@ def test_mrq_dashboard_serves_warns_and_stops(mrq_settings: Settings) -> None:
 
 
 def test_dashboard_metrics_endpoint(store: Any, mrq_settings: Any) -> None:
-    from mrq_dashboard import create_app
     from mrq.job import queue_jobs
+    from mrq_dashboard import create_app
 
     queue_jobs("tests.tasks.general.Add", [{"a": 1, "b": 1}] * 3, queue="metered")
     app = create_app(mrq_settings, store=store, cache_seconds=0)

@@ -23,9 +23,6 @@ import redis
 from bson import ObjectId
 from flask.testing import FlaskClient
 
-from mrq_dashboard import create_app
-from mrq_dashboard.jobfilter import parse_job_filter
-from mrq_dashboard.queries import sorted_read
 from mrq.config import Settings
 from mrq.connections import Connections
 from mrq.lifecycle import documents
@@ -36,6 +33,9 @@ from mrq.store import Store
 from mrq.testing.mongo_collection import CommandError
 from mrq.testing.mongo_planner import IndexInfo, check_indexed
 from mrq.testing.stack import MongoTestServer, RedisServer
+from mrq_dashboard import create_app
+from mrq_dashboard.jobfilter import parse_job_filter
+from mrq_dashboard.queries import sorted_read
 
 JOBS = 100_000
 SUBQUEUES = 10_000
