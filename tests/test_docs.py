@@ -16,7 +16,6 @@ MRQ_MONGODB_JOBS (the `mrq_settings` fixture) and this virtualenv's commands fir
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -25,8 +24,6 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from mrq.config import Settings
 from mrq.testing.stack import free_port
@@ -88,9 +85,14 @@ def check_output(block: Block, output: str) -> None:
 
 
 def test_getting_started_runs_as_written(mrq_settings: Settings, tmp_path: Path) -> None:
-    project = tmp_path / "project"
+    run_getting_started(mrq_settings, tmp_path / "project", sys.executable)
+
+
+def run_getting_started(mrq_settings: Settings, project: Path, python: str) -> str:
+    """Every step of docs/getting-started.md, with `python`'s virtualenv first on PATH; returns the
+    worker's output."""
     project.mkdir()
-    env = command_env(mrq_settings, {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    env = command_env(mrq_settings, {"PATH": os.path.dirname(python) + os.pathsep + os.environ["PATH"]})
     background: list[CommandProcess] = []
     dashboard_address = DASHBOARD_ADDRESS
     ran: list[str] = []
@@ -105,23 +107,20 @@ def test_getting_started_runs_as_written(mrq_settings: Settings, tmp_path: Path)
             elif block.kind == "worker":
                 args = shlex.split(code)
                 assert args[0] == "mrq-worker", where
-                worker = WorkerProcess(mrq_settings, args[1:], env={"PATH": env["PATH"]}, cwd=project)
+                worker = WorkerProcess(mrq_settings, args[1:], env={"PATH": env["PATH"]}, cwd=project, python=python)
                 background.append(worker)
                 worker.start()
             elif block.kind == "dashboard":
                 args = shlex.split(code)
                 assert args[0] == "mrq-dashboard", where
-                if importlib.util.find_spec("mrq_dashboard.cli") is None:
-                    pytest.skip(f"{where}: mrq-dashboard is not installed here; the steps before it ran: {ran}")
                 port = free_port()
                 dashboard = DashboardProcess(mrq_settings, args[1:], env={"MRQ_DASHBOARD_PORT": str(port)},
-                                             cwd=project)
+                                             cwd=project, python=python)
                 background.append(dashboard)
                 dashboard.start(ready_text="listening on")
                 dashboard_address = f"127.0.0.1:{port}"
             else:
-                command = ["bash", "-euo", "pipefail", "-c", code] if block.kind == "run" else \
-                    [sys.executable, "-c", code]
+                command = ["bash", "-euo", "pipefail", "-c", code] if block.kind == "run" else [python, "-c", code]
                 done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=60)
                 assert done.returncode == 0, f"{where}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
                 check_output(block, done.stdout)
@@ -133,6 +132,7 @@ def test_getting_started_runs_as_written(mrq_settings: Settings, tmp_path: Path)
         with urllib.request.urlopen(f"http://{dashboard_address}/jobs", timeout=10) as response:
             page = response.read().decode()
         assert page.count("tasks.Add") >= 2 and "success" in page, page[:2000]
+        return worker_output
     finally:
         for process in background:
             process.close()

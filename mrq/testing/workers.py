@@ -76,8 +76,11 @@ class CommandProcess:
     module = "mrq.cli.worker"
 
     def __init__(self, settings: Settings, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None) -> None:
-        """`log_path`: where the output goes (default: a temporary file, removed by close())."""
+                 cwd: str | os.PathLike[str] | None = None, log_path: str | os.PathLike[str] | None = None,
+                 python: str | None = None) -> None:
+        """`log_path`: where the output goes (default: a temporary file, removed by close()).
+        `python`: the interpreter to run the command with (default: this one)."""
+        self.python = python or sys.executable
         self.settings = settings
         self.args = list(args)
         self.env = command_env(settings, env)
@@ -97,7 +100,7 @@ class CommandProcess:
     def start(self, ready_text: str | None = None, timeout: float = 20.0) -> CommandProcess:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [self.python, "-m", self.module, *self.args],
                 cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         if ready_text is not None:
