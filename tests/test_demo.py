@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,9 +29,10 @@ def test_demo_runs_the_examples_and_stops() -> None:
     assert "could not process order #42" in out  # the failing job's reason reaches the worker log
 
 
-def test_closing_the_terminal_stops_everything_the_demo_started() -> None:
-    """SIGHUP (a closed terminal) reaches the demo alone (its children run in sessions of their
-    own): it must stop the worker, the dashboard, Redis and the Mongo test server itself."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "closed-terminal"])
+def test_a_signal_stops_everything_the_demo_started(signum: int) -> None:
+    """Ctrl-C or SIGHUP (a closed terminal) reaches the demo alone (its children run in sessions
+    of their own): it must stop the worker, the dashboard, Redis and the Mongo test server itself."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRQ_")}
     demo = subprocess.Popen([sys.executable, str(ROOT / "examples" / "demo.py")], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,7 +47,7 @@ def test_closing_the_terminal_stops_everything_the_demo_started() -> None:
             and "mrq_dashboard.cli" in names, names
         reader = threading.Thread(target=demo.stdout.read, daemon=True)  # keeps the pipe drained
         reader.start()
-        demo.send_signal(signal.SIGHUP)
+        demo.send_signal(signum)
         assert demo.wait(30) == 0
         deadline = time.monotonic() + 10
         while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started):
