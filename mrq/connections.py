@@ -195,6 +195,7 @@ class Connections:
         self._redis: redis.Redis | None = None
         self._mongo_clients: dict[str, pymongo.MongoClient] = {}
         self._named_redis: dict[str, redis.Redis] = {}
+        self._jobs_collections: dict[str, pymongo.collection.Collection] = {}
 
     # A forked child must not reuse the parent's sockets.
     def _check_fork(self) -> None:
@@ -202,6 +203,7 @@ class Connections:
             self._redis = None
             self._named_redis = {}
             self._mongo_clients = {}  # the parent's clients are abandoned, not closed (sockets are shared)
+            self._jobs_collections = {}
             self._pid = os.getpid()
 
     @property
@@ -230,6 +232,15 @@ class Connections:
     def mongodb_jobs(self) -> pymongo.database.Database:
         uri = self.settings.mongodb_jobs
         return self._mongo_client(uri)[mongo_database_name(uri)]
+
+    def jobs_collection(self, name: str) -> pymongo.collection.Collection:
+        """A collection of the jobs database, built once per process (building one costs about as
+        much as encoding a small job: it is on every enqueue's path)."""
+        self._check_fork()
+        found = self._jobs_collections.get(name)
+        if found is None:
+            found = self._jobs_collections[name] = self.mongodb_jobs[name]
+        return found
 
     @property
     def mongodb_logs(self) -> pymongo.database.Database | None:
@@ -323,3 +334,4 @@ class Connections:
         for client in self._mongo_clients.values():
             client.close()
         self._mongo_clients = {}
+        self._jobs_collections = {}

@@ -65,7 +65,7 @@ class Store:
 
     @property
     def jobs(self) -> pymongo.collection.Collection:
-        return self.connections.mongodb_jobs[mongo.JOBS]
+        return self.connections.jobs_collection(mongo.JOBS)
 
     @property
     def workers(self) -> pymongo.collection.Collection:

@@ -429,7 +429,7 @@ def test_redis_down_leaves_the_occurrence_due(store: Store, caplog: Any) -> None
     try:
         with caplog.at_level(logging.ERROR, logger="mrq.scheduler"):
             assert Scheduler(down, [one]).check(T0) == []
-        assert "not queued, retrying at the next check: Redis at redis://127.0.0.1:" in caplog.text
+        assert "not queued, retrying at the next check: cannot reach Redis at redis://127.0.0.1:" in caplog.text
         assert store.jobs.count_documents({}) == 0  # the job document was taken back
         assert state_of(store, one)["datelastqueued"] is None
         # Redis is back (here: another scheduler that can reach it): the same occurrence is queued
