@@ -17,9 +17,10 @@ down for `redis_timeout` seconds the inserted documents are removed, so that an 
 Connections come from the same settings as everywhere (the config file, MRQ_* variables, or a
 Settings object): `aio.setup(settings)` (or nothing: the first use reads the config file and the
 environment), `await aio.close()` at shutdown. An `AsyncStore` may also be passed explicitly.
-Clients belong to the event loop that first used them; a store used from a new loop (another
-`asyncio.run`) opens new ones. Redis URIs: redis://, rediss:// and unix:// (not Sentinel nor
-Cluster, which the sync API supports).
+Clients belong to the event loop that opened them: close the store before that loop ends (a
+closed store opens new clients in the next loop that uses it; an open one refuses another loop).
+Redis URIs: redis://, rediss:// and unix:// (not Sentinel nor Cluster, which the sync API
+supports).
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ class AsyncStore:
 
     def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            # Clients of another (finished) loop cannot be used or closed here: start afresh.
-            self._redis = self._mongo = None
-            self._loop = loop
+        if loop is self._loop:
+            return
+        if self._redis is not None or self._mongo is not None:
+            raise MrqError("this mrq.aio store's connections belong to another event loop: `await store.close()` "
+                           "(or `await aio.close()`) before that loop ends, or use one AsyncStore per loop")
+        self._loop = loop
 
     @property
     def redis(self) -> redis.asyncio.Redis:
@@ -84,11 +87,11 @@ class AsyncStore:
         return self._mongo[mongo_database_name(self.settings.mongodb_jobs)][mongo.JOBS]
 
     async def close(self) -> None:
-        """Close the clients (they are opened again if the store is used after)."""
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._redis = self._mongo = None
+        """Close the clients (they are opened again, in the running loop, if the store is used
+        after)."""
         redis_client, mongo_client = self._redis, self._mongo
         self._redis = self._mongo = None
+        self._loop = None
         if redis_client is not None:
             await redis_client.aclose()
         if mongo_client is not None:
@@ -160,6 +163,7 @@ async def queue_jobs(path: str, params_list: Sequence[Mapping[str, Any]], queue:
     batch, `ids` for idempotent queueing)."""
     store = store or get_store()
     queue, docs = prepare_jobs(store.model, path, params_list, queue, batch_size, ids)
+    store.redis  # noqa: B018 - an unusable Redis URI is refused before anything is inserted
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
@@ -201,6 +205,8 @@ async def _push_unpushed(store: AsyncStore, queue: str, ids: list[ObjectId]) -> 
 async def _push_ids(store: AsyncStore, queue: str, ids: list[ObjectId], *, just_inserted: bool = True) -> None:
     """Push ids on their queue and publish the wake-up, in one pipeline. Retried for
     `redis_timeout` seconds; then the just-inserted documents are removed ("not queued")."""
+    if not ids:
+        return
     deadline = time.monotonic() + store.settings.redis_timeout
     delay = 0.05
     while True:
