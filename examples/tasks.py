@@ -1,4 +1,5 @@
-"""Example tasks queued by the demo (./scripts/demo)."""
+"""Example tasks queued by the demo (./scripts/demo) and by the FastAPI example
+(examples/fastapi_app.py: `summarize`, a typed task)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 import time
 
 from mrq.context import get_current_job, log, retry_current_job, set_current_job_progress, subpool_map
-from mrq.task import Task
+from mrq.task import Task, task
 
 
 class Fast(Task):
@@ -58,3 +59,11 @@ class Crawl(Task):
             return len(url)
 
         return dict(zip(params["urls"], subpool_map(4, fetch, params["urls"]), strict=True))
+
+
+@task(timeout=30)
+def summarize(text: str, max_words: int = 5) -> dict:
+    """The first words of a text and its length: queued by examples/fastapi_app.py."""
+    words = text.split()
+    log.info("summarizing %d words", len(words))
+    return {"words": len(words), "summary": " ".join(words[:max_words])}

@@ -368,7 +368,12 @@ _TASK_KEYS: dict[str, tuple[Callable[[Any], Any], float | None]] = {
 
 
 def _validate_task_key(path: str, key: str, value: Any) -> None:
-    where = f"TASKS[{path!r}]"
+    parse_task_key(key, value, f"TASKS[{path!r}]")
+
+
+def parse_task_key(key: str, value: Any, where: str) -> Any:
+    """A per-task setting (a TASKS entry's key, or an argument of the @task decorator) parsed and
+    checked; ConfigError naming `where` and the key when it is unknown or out of range."""
     if key not in _TASK_KEYS:
         raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_TASK_KEYS))})")
     parse, minimum = _TASK_KEYS[key]
@@ -378,6 +383,7 @@ def _validate_task_key(path: str, key: str, value: Any) -> None:
         raise ConfigError(f"{where}.{key}: expected {exc}, got {value!r}") from None
     if minimum is not None and parsed < minimum:
         raise ConfigError(f"{where}.{key}: expected a value >= {minimum:g}, got {value!r}")
+    return parsed
 
 
 def reference_markdown() -> str:

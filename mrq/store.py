@@ -34,6 +34,20 @@ TASK_DEFAULTS = {
 }
 
 
+#: Per-task settings declared in code by the @task decorator (mrq/task/typed.py), by task path;
+#: `_declared_version` grows with each declaration so that Stores drop what they had resolved.
+_declared: dict[str, dict[str, Any]] = {}
+_declared_version = 0
+
+
+def declare_task_settings(path: str, values: dict[str, Any]) -> None:
+    """Record the settings a task declares in code (already parsed): see Store.task_settings for
+    how they combine with TASKS."""
+    global _declared_version
+    _declared[path] = dict(values)
+    _declared_version += 1
+
+
 @dataclass(frozen=True)
 class TaskSettings:
     queue: str | None
@@ -53,6 +67,7 @@ class Store:
         self.connections = connections or Connections(settings)
         self.keys = Keys(settings.redis_prefix)
         self._task_settings: dict[str, TaskSettings] = {}
+        self._declared_seen = _declared_version
         self._noted: dict[str, float] = {}
 
     @property
@@ -83,8 +98,12 @@ class Store:
         return sorted(entries, key=lambda item: len(item[0]), reverse=True)
 
     def task_settings(self, path: str) -> TaskSettings:
-        """The settings of a task path: its TASKS entry (exact path, else the longest matching
-        dotted prefix), over the default_job_* settings."""
+        """The settings of a task path, key by key: its exact TASKS entry, else what the task
+        declares with `@task(...)` (when its module is imported in this process), else the longest
+        TASKS entry whose dotted prefix matches, else the default_job_* settings."""
+        if self._declared_seen != _declared_version:
+            self._task_settings.clear()
+            self._declared_seen = _declared_version
         found = self._task_settings.get(path)
         if found is not None:
             return found
@@ -93,6 +112,9 @@ class Store:
             if path == prefix or path.startswith(prefix.rstrip(".") + "."):
                 conf = entry
                 break
+        if path in _declared:
+            exact = self.settings.tasks.get(path)
+            conf = {**conf, **_declared[path], **(exact if isinstance(exact, dict) else {})}
         values: dict[str, Any] = {"queue": conf.get("queue"), "max_concurrency": int(conf.get("max_concurrency") or 0)}
         for key, setting in TASK_DEFAULTS.items():
             values[key] = conf.get(key, self.settings[setting])

@@ -436,3 +436,37 @@ def test_refusals_are_logged_by_the_server(strict_server: MongoTestServer, index
     with pytest.raises(OperationFailure):
         indexed.things.find_one({"x": 17})
     assert f"refused (code 291) on {indexed.name}: {{ find: \"things\", filter: {{ x: 17 }}" in strict_server.read_log()
+
+
+def test_pymongo_async_client_authenticates_and_is_held_to_the_same_rules(strict_server: MongoTestServer) -> None:
+    """mrq.aio's client (pymongo's AsyncMongoClient) does its own handshake: SCRAM through
+    `hello`, then the commands the async producer sends (insert, find, delete), with the same
+    access control and notablescan answers as the sync driver gets."""
+    import asyncio
+
+    from pymongo.asynchronous.mongo_client import AsyncMongoClient
+
+    with pymongo.MongoClient(strict_server.uri, username="root", password=ROOT_PASSWORD) as root:
+        root.asyncapp.command("createUser", "writer", pwd="pw", roles=["readWrite"])
+
+    async def scenario() -> tuple[Any, ...]:
+        client: AsyncMongoClient = AsyncMongoClient(strict_server.uri, username="writer", password="pw",
+                                                    authSource="asyncapp", serverSelectionTimeoutMS=5000)
+        try:
+            jobs = client.asyncapp.jobs
+            status = (await client.asyncapp.command("connectionStatus"))["authInfo"]["authenticatedUsers"]
+            await jobs.insert_many([{"_id": 1, "status": "queued"}, {"_id": 2, "status": "queued"}])
+            found = [doc["_id"] async for doc in jobs.find({"_id": {"$in": [1, 2]}}, {"_id": 1})]
+            with pytest.raises(OperationFailure) as scan:
+                await jobs.find_one({"status": "queued"})  # no index on status: refused, as mongod would
+            with pytest.raises(OperationFailure) as denied:
+                await client.otherdb.things.insert_one({"x": 1})  # readWrite on asyncapp only
+            deleted = (await jobs.delete_many({"_id": {"$in": [1, 2]}, "status": "queued"})).deleted_count
+            return status, found, scan.value.code, denied.value.code, deleted
+        finally:
+            await client.close()
+
+    status, found, scan_code, denied_code, deleted = asyncio.run(scenario())
+    assert status == [{"user": "writer", "db": "asyncapp"}]
+    assert sorted(found) == [1, 2] and deleted == 2
+    assert (scan_code, denied_code) == (291, 13)

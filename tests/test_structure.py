@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mrq.version", "mrq.exceptions", "mrq.clock", "mrq.utils", "mrq.options", "mrq.config", "mrq.iocount",
      "mrq.connections", "mrq.legacy_mongo", "mrq.storage", "mrq.store", "mrq.backoff"),
     ("mrq.current", "mrq.task", "mrq.helpers", "mrq.stats", "mrq.queue", "mrq.lifecycle", "mrq.job", "mrq.joblogs",
-     "mrq.log", "mrq.subpool", "mrq.context", "mrq.tracing"),
+     "mrq.log", "mrq.subpool", "mrq.context", "mrq.tracing", "mrq.aio"),
     ("mrq.worker", "mrq.scheduler", "mrq.maintenance", "mrq.reconcile", "mrq.basetasks", "mrq.startup"),
     ("mrq.cli", "mrq.processes", "mrq.testing", "dashboard", "mrq"),
 ]

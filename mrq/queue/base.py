@@ -94,9 +94,15 @@ class Queue:
         note(self.store, pipe, self.name, self.root, self.is_subqueue)
 
     def _execute_push(self, pipe: Any, count: int) -> None:
-        """Add the bookkeeping shared by every push to a pipeline holding the push itself, execute
-        it and wake the workers: the known-queues set (and the root's subqueue set), the throughput
-        counter, the notification. Cheap writes are repeated once a minute at most per process."""
+        """Execute a pipeline holding a push with its bookkeeping (`add_push_bookkeeping`) and wake
+        the workers."""
+        execute_and_publish(pipe, self.store.redis, self.add_push_bookkeeping(pipe, count))
+
+    def add_push_bookkeeping(self, pipe: Any, count: int) -> list[tuple[str, str]]:
+        """Add the writes shared by every push to a pipeline holding the push itself (a redis-py
+        pipeline, sync or asyncio): the known-queues set (and the root's subqueue set), the
+        throughput counter. Cheap writes are repeated once a minute at most per process. Returns
+        the wake-up message to publish after it, as `(channel, message)` pairs."""
         store = self.store
         keys = store.keys
         self._note_known(pipe)
@@ -104,7 +110,7 @@ class Queue:
         pipe.hincrby(keys.stats(minute), f"in:{self.name}", count)
         if store.note_once(f"stats:{minute}"):
             pipe.expire(keys.stats(minute), RETENTION)
-        execute_and_publish(pipe, store.redis, [(keys.notify_channel(self.name), str(count))])
+        return [(keys.notify_channel(self.name), str(count))]
 
 
 # --- pause / resume (every kind) ------------------------------------------------------------------

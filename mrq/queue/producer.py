@@ -28,7 +28,7 @@ from ..helpers import emit_metric
 from ..lifecycle import documents
 from ..lifecycle.statuses import DEFAULT_QUEUE, QUEUED
 from ..storage.keys import validate_job_queue, validate_queue_name
-from ..task import load_task, validate_task_path
+from ..task.paths import load_task, validate_task_path
 from .base import Queue, queue_kind
 from .raw import RawQueue
 from .regular import RegularQueue
@@ -81,23 +81,10 @@ def resolve_queue(store: Store, path: str, queue: str | None) -> str:
     return validate_job_queue(name)
 
 
-def queue_jobs(
-    path: str,
-    params_list: Sequence[Mapping[str, Any]],
-    queue: str | None = None,
-    batch_size: int = 1000,
-    *,
-    store: Store | None = None,
-    ids: Sequence[ObjectId] | None = None,
-) -> list[ObjectId]:
-    """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
-    pipeline per batch. Everything is validated before anything is stored.
-
-    `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
-    current context's (see mrq.context.setup_context). `ids` (one per params dict) are the job
-    ids to use instead of new ones; a job whose id exists already is not queued again and is left
-    out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
-    store = store or _current_store()
+def prepare_jobs(store: Store, path: str, params_list: Sequence[Mapping[str, Any]], queue: str | None,
+                 batch_size: int, ids: Sequence[ObjectId] | None) -> tuple[str, list[dict[str, Any]]]:
+    """Validate a queueing request (path, queue, params, ids) and build its job documents, without
+    touching a store: the queue and the documents to insert. Shared by queue_jobs and mrq.aio."""
     validate_task_path(path)
     queue = resolve_queue(store, path, queue)
     if queue_kind(queue) != "regular":
@@ -115,25 +102,63 @@ def queue_jobs(
         doc = documents.new_job(ObjectId() if ids is None else ids[index], path, dict(params), queue, now)
         _check_document(doc, index)
         docs.append(doc)
+    return queue, docs
 
+
+def refused_batch(exc: pymongo.errors.BulkWriteError, start: int, earlier: int) -> InvalidJob:
+    """The error of a batch whose insert the server refused (a validator, a limit)."""
+    errors = exc.details.get("writeErrors") or [{}]
+    first = ([error for error in errors if error.get("code") != 11000] or errors)[0]
+    return InvalidJob(f"MongoDB refused job #{start + int(first.get('index', 0))}: {first.get('errmsg', exc)}"
+                      + (f" ({earlier} jobs of earlier batches were queued)" if earlier else ""))
+
+
+def duplicate_indexes(exc: pymongo.errors.BulkWriteError, idempotent: bool) -> set[int] | None:
+    """The batch indexes of documents refused only because their id exists already (idempotent
+    queueing: they were queued before), or None when the server refused something else."""
+    errors = exc.details.get("writeErrors") or [{}]
+    if not idempotent or any(error.get("code") != 11000 for error in errors):
+        return None
+    return {error["index"] for error in errors}
+
+
+def unpushed_filter(ids: list[ObjectId], redis_timeout: float) -> dict[str, Any]:
+    """The jobs among `ids` still `queued` well after an attempt's push could have ended: an
+    attempt may have failed between its insert and its push (and its clean-up)."""
+    settled = utcnow() - timedelta(seconds=redis_timeout + 1)
+    return {"_id": {"$in": ids}, "status": QUEUED, "datequeued": {"$lt": settled}}
+
+
+def queue_jobs(
+    path: str,
+    params_list: Sequence[Mapping[str, Any]],
+    queue: str | None = None,
+    batch_size: int = 1000,
+    *,
+    store: Store | None = None,
+    ids: Sequence[ObjectId] | None = None,
+) -> list[ObjectId]:
+    """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
+    pipeline per batch. Everything is validated before anything is stored.
+
+    `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
+    current context's (see mrq.context.setup_context). `ids` (one per params dict) are the job
+    ids to use instead of new ones; a job whose id exists already is not queued again and is left
+    out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
+    store = store or _current_store()
+    queue, docs = prepare_jobs(store, path, params_list, queue, batch_size, ids)
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
         try:
             _insert(store, batch, ordered=ids is None)
         except pymongo.errors.BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or [{}]
-            refused = [error for error in errors if error.get("code") != 11000]
-            if refused or ids is None:
+            existing = duplicate_indexes(exc, ids is not None)  # these ids were queued before: skip them
+            if existing is None:
                 # The server refused a document (a validator, a limit): not an outage. Remove what
                 # this batch inserted so that the error means "these were not queued".
                 store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}, "status": QUEUED})
-                first = (refused or errors)[0]
-                raise InvalidJob(
-                    f"MongoDB refused job #{start + int(first.get('index', 0))}: {first.get('errmsg', exc)}"
-                    + (f" ({len(queued)} jobs of earlier batches were queued)" if queued else "")
-                ) from None
-            existing = {error["index"] for error in errors}  # these ids were queued before: skip them
+                raise refused_batch(exc, start, len(queued)) from None
             _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
@@ -162,10 +187,9 @@ def _push_unpushed(store: Store, queue: str, ids: list[ObjectId]) -> None:
     """Ids queued before by an attempt that may have failed between its insert and its push (and
     its clean-up): those still `queued` well after that attempt are pushed again. If the first push
     did happen, workers drop the second copy (the job will have started)."""
-    settled = utcnow() - timedelta(seconds=store.settings.redis_timeout + 1)
     try:
-        waiting = [doc["_id"] for doc in store.jobs.find(
-            {"_id": {"$in": ids}, "status": QUEUED, "datequeued": {"$lt": settled}}, {"_id": 1})]
+        waiting = [doc["_id"] for doc in store.jobs.find(unpushed_filter(ids, store.settings.redis_timeout),
+                                                         {"_id": 1})]
     except pymongo.errors.PyMongoError as exc:
         raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
     if waiting:

@@ -47,15 +47,21 @@ class RegularQueue(Queue):
         in the same pipeline. (A cancel mark is left alone: it drops the old copy of the id.)"""
         if not ids:
             return
-        keys = self.store.keys
         pipe = self.store.redis.pipeline(transaction=False)
+        execute_and_publish(pipe, self.store.redis, self.add_push(pipe, ids, front=front, requeued=requeued))
+
+    def add_push(self, pipe: Any, ids: Sequence[str], *, front: bool = False,
+                 requeued: bool = False) -> list[tuple[str, str]]:
+        """The writes of `push` added to a pipeline (sync or asyncio: mrq.aio executes its own);
+        returns the wake-up messages to publish after them."""
+        keys = self.store.keys
         if requeued:
             pipe.zrem(keys.queue_delayed(self.name), *ids)
         if front:
             pipe.lpush(keys.queue_ids(self.name), *ids)
         else:
             pipe.rpush(keys.queue_ids(self.name), *ids)
-        self._execute_push(pipe, len(ids))
+        return self.add_push_bookkeeping(pipe, len(ids))
 
     def push_delayed(self, ids_and_times: dict[str, float]) -> None:
         """Schedule job ids to go back on the queue at the given unix times."""

@@ -148,14 +148,13 @@ class JobStarter:
 
     def _take_slots(self, docs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Split the documents into (may start, held back for lack of a free slot)."""
-        limited = [(doc, self.store.task_settings(doc.get("path") or ""), self.limit_of(doc.get("path") or ""))
-                   for doc in docs]
-        limited = [(doc, ts, limit) for doc, ts, limit in limited if limit]
+        limited = [(doc, limit, self.store.task_settings(doc.get("path") or ""))  # limit_of imports the task first
+                   for doc in docs if (limit := self.limit_of(doc.get("path") or ""))]
         if not limited:
             return docs, []
         now = time.time()
         pipe = self.store.redis.pipeline(transaction=False)
-        for doc, ts, limit in limited:
+        for doc, limit, ts in limited:
             self.store.scripts.acquire_slot(
                 keys=[self.store.keys.concurrency(doc["path"])],
                 args=[str(doc["_id"]), limit, repr(now), repr(now + ts.timeout + 60)],
@@ -174,16 +173,18 @@ class JobStarter:
         return time.time() + HOLD_BACK * (1 + random.random())
 
     def limit_of(self, path: str) -> int:
-        """The task's max_concurrency: TASKS first, else MRQ's `Task.max_concurrency` class
-        attribute (0: no limit)."""
+        """The task's max_concurrency: TASKS or `@task(max_concurrency=...)` first, else MRQ's
+        `Task.max_concurrency` class attribute (0: no limit). The first call for a path imports
+        the task's module, so that what a `@task` declares is known before its first job starts
+        (this runs before any RunningJob reads the task's settings)."""
         limit = self._limits.get(path)
         if limit is None:
+            try:
+                task_class = getattr(load_task(path), "task_class", None)
+            except TaskNotFound:
+                task_class = None  # the job will fail with the reason; no slot needed
             limit = self.store.task_settings(path).max_concurrency
             if not limit:
-                try:
-                    task_class = getattr(load_task(path), "task_class", None)
-                except TaskNotFound:
-                    task_class = None  # the job will fail with the reason; no slot needed
                 limit = max(0, int(getattr(task_class, "max_concurrency", 0) or 0))
             self._limits[path] = limit
         return limit

@@ -1,7 +1,8 @@
-"""Tasks: the user code a job runs, addressed by a dotted path.
+"""Task paths: the user code a job runs, addressed by a dotted path, and how a path resolves.
 
 A task is either a `Task` subclass (MRQ style: `run(self, params)` gets the params dict) or a
-plain function (called with the params as keyword arguments), **defined in the module its path
+plain function (called with the params as keyword arguments; a function decorated with
+`@task`, mrq/task/typed.py, runs as the function it wraps), **defined in the module its path
 names**: a path never resolves to something the module imports (`reports.run` when `reports`
 does `from subprocess import run`), to a private name (`_helper`), nor to any other callable
 object. The worker, `mrq-run`, the scheduler and the HTTP API all resolve paths here. Modules are
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .exceptions import InvalidJob, TaskImportError, TaskNotFound
+from ..exceptions import InvalidJob, TaskImportError, TaskNotFound
 
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -98,6 +99,9 @@ def _resolve(path: str) -> Callable[[dict[str, Any]], Any]:
 
         run_class.task_class = task_class  # type: ignore[attr-defined]
         return run_class
+    wrapped = getattr(target, "__mrq_function__", None)  # a @task function: what it decorates
+    if inspect.isfunction(wrapped) and wrapped.__module__ == module_name:
+        target = wrapped
     if inspect.isfunction(target):
         function = target
 
