@@ -23,7 +23,6 @@ from bson import ObjectId
 from gevent import Greenlet
 
 from .. import job as jobs
-from .. import task as task_module
 from ..clock import utcnow
 from ..exceptions import (
     AbortInterrupt,
@@ -38,6 +37,7 @@ from ..exceptions import (
 from ..job import Job
 from ..store import Store, TaskSettings
 from ..task import load_task
+from ..task import paths as task_paths
 
 MAX_TRACEBACK_CHARS = 64 * 1024
 MAX_RESULT_BYTES = 15 * 1024 * 1024
@@ -104,7 +104,7 @@ class Outcome:
 
 
 #: Files whose frames open every job's traceback (the worker calling the task): left out of the top.
-_CALLER_FILES = frozenset({__file__, task_module.__file__})
+_CALLER_FILES = frozenset({__file__, task_paths.__file__})
 
 
 def _from_the_task(tb: Any) -> Any:
