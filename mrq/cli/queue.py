@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 
 from .. import current
 from ..backoff import STORE_ERRORS
-from ..config import GENERAL, build_parser, load_settings
+from ..config import QUEUE, build_parser, load_settings
 from ..connections import redact_uri
 from ..exceptions import ConfigError, InvalidQueueName, StoreUnavailable
 from ..queue import pause_queue, queue_infos, resume_queue
@@ -23,13 +22,12 @@ from .common import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, fail
 
 def main(argv: Sequence[str] | None = None) -> int:
     prog = "mrq-queue"
-    parser = build_parser(GENERAL, prog=prog, description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser = build_parser(QUEUE, prog=prog, description=__doc__, usage="%(prog)s {list,pause,resume} [QUEUE] [options]")
     parser.add_argument("action", choices=("list", "pause", "resume"), help="what to do")
     parser.add_argument("queue", nargs="?", help="queue name (pause, resume)")
     parser.add_argument("--json", action="store_true", default=False, help="list as JSON")
     try:
-        settings, args = load_settings(sys.argv[1:] if argv is None else argv, parser=parser)
+        settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=QUEUE, parser=parser)
     except ConfigError as exc:
         return fail(prog, str(exc), EXIT_USAGE)
     store = current.set_current_config(settings)
