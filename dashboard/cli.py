@@ -1,6 +1,6 @@
 """`mrq-dashboard`: serve the dashboard with gevent's WSGI server.
 
-    mrq-dashboard [--port 5555] [--bind 127.0.0.1] [--dashboard_auth user:password] [--config PATH] ...
+    mrq-dashboard [--port 5555] [--bind 127.0.0.1] [--dashboard-auth user:password] [--config PATH] ...
 
 gevent's monkey-patching happens here, first, and nowhere else; then the configuration is read
 (command line > MRQ_* environment > mrq-config.py > defaults), the app is built and served until
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 DESCRIPTION = """Serve the mrq web dashboard and its HTTP/JSON API (see docs/dashboard.md). It binds to
-127.0.0.1 by default; bound to another address it should have --dashboard_auth or --dashboard_token."""
+127.0.0.1 by default; bound to another address it should have --dashboard-auth or --dashboard-token."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         banner = "!" * 78
         print(f"{banner}\nmrq-dashboard: WARNING: listening on {bind}, not on loopback, WITHOUT authentication:\n"
               "anyone who can reach this address can read every job and cancel, requeue or abort jobs.\n"
-              "Set --dashboard_auth user:password or --dashboard_token, or --dashboard_readonly.\n"
+              "Set --dashboard-auth user:password or --dashboard-token, or --dashboard-readonly.\n"
               f"{banner}", file=sys.stderr, flush=True)
     try:
         server = WSGIServer((bind, port), app, log=None, error_log=log)

@@ -29,13 +29,17 @@ from typing import Any
 
 from .exceptions import ConfigError
 from .options import (
+    CONNECTIONS,
     DASHBOARD,
     DAY,
     DEPRECATED_FLAGS,
     ENV_PREFIX,
     GENERAL,
+    JOB_DEFAULTS,
     OPTIONS,
     OPTIONS_BY_NAME,
+    OTHER,
+    QUEUE,
     RUN,
     TYPE_NAMES,
     WORKER,
@@ -49,8 +53,8 @@ from .version import __version__
 
 __all__ = [  # the table lives in mrq/options.py; its names stay importable from here
     "DASHBOARD", "DAY", "DEFAULT_CONFIG_FILE", "DEPRECATED_FLAGS", "ENV_PREFIX", "GENERAL", "OPTIONS",
-    "OPTIONS_BY_NAME", "RUN", "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser", "deprecation_warnings",
-    "load_settings", "read_config_file", "reference_markdown",
+    "OPTIONS_BY_NAME", "QUEUE", "RUN", "TYPE_NAMES", "WORKER", "Option", "Settings", "build_parser",
+    "deprecation_warnings", "load_settings", "read_config_file", "reference_markdown",
 ]  # fmt: skip
 
 DEFAULT_CONFIG_FILE = "mrq-config.py"
@@ -130,34 +134,83 @@ def _apply(values: dict[str, Any], sources: dict[str, str], option: Option, raw:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
-def build_parser(scope: str, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+_METAVARS = {"integer": "N", "number": "N", "string": "TEXT", "list of strings": "LIST"}
+
+HELP_EPILOG = """Every option can also be set in mrq-config.py (LOG_LEVEL = "DEBUG") or in the environment
+(MRQ_LOG_LEVEL=DEBUG); the command line wins. Flags take MRQ's underscore spelling too
+(--max_jobs = --max-jobs), and MRQ 0.9 flags that no longer do anything are accepted with a warning."""
+
+
+def build_parser(scope: str, prog: str | None = None, description: str | None = None,
+                 usage: str | None = None) -> argparse.ArgumentParser:
     """The command-line parser of one command. Defaults are suppressed so that only flags the
-    user actually passed override the other layers."""
-    parser = _ErrorParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", "-c", metavar="PATH",
-                        help=f"Config file (default: ./{DEFAULT_CONFIG_FILE} when it exists).")
-    parser.add_argument("--version", "-v", action="version", version=f"mrq {__version__}")
+    user actually passed override the other layers.
+
+    --help lists the command's own options first (the parser's default group: commands add
+    theirs there too), then the connections, the job defaults and the rest; only the options the
+    command acts on (`Option.shown_for`). The others it accepts are hidden: the GENERAL options it
+    ignores, MRQ's underscore spellings (`--max_jobs`, each a hidden twin of `--max-jobs` with the
+    same dest) and MRQ 0.9's deprecated flags."""
+    parser = _ErrorParser(prog=prog, description=description, usage=usage or "%(prog)s [options]",
+                          epilog=HELP_EPILOG, add_help=False, argument_default=argparse.SUPPRESS,
+                          formatter_class=_HelpFormatter)
+    groups = {CONNECTIONS: parser.add_argument_group("connections"),
+              JOB_DEFAULTS: parser.add_argument_group("job defaults (per task: TASKS in the config file)"),
+              OTHER: parser.add_argument_group("other options")}
+    other = groups[OTHER]
+    other.add_argument("--config", "-c", metavar="PATH",
+                       help=f"Config file (default: ./{DEFAULT_CONFIG_FILE} when it exists).")
+    other.add_argument("--help", "-h", action="help", help="Show this help and exit.")
+    other.add_argument("--version", "-v", action="version", version=f"mrq {__version__}",
+                       help="Show the version and exit.")
     for option in OPTIONS:
         if not option.cli or option.scope not in (GENERAL, scope):
             continue
-        help_text = f"{option.help} [env {option.env_name}; default {option.default!r}]"
+        shown = option.shown_for(scope)
+        where = parser if option.scope == scope else groups[option.group]
+        help_text = _option_help(option) if shown else argparse.SUPPRESS
         if option.positional:
-            parser.add_argument(option.name, nargs="*", metavar=option.name.upper().rstrip("S"), help=help_text)
+            where.add_argument(option.name, nargs="*", metavar=option.name.upper().rstrip("S"), help=help_text)
             continue
-        flags = ("--" + option.name, *option.flags)
+        underscore = "--" + option.name
+        twins = [underscore] if underscore != option.flag else []
         if option.parse is _parse_bool:
-            parser.add_argument(*flags, dest=option.name, action="store_const", const=True, help=help_text)
-            parser.add_argument("--no-" + option.name, dest=option.name, action="store_const", const=False,
-                                help=argparse.SUPPRESS)
+            where.add_argument(option.flag, *option.flags, dest=option.name, action="store_const", const=True,
+                               help=help_text)
+            negations = dict.fromkeys(("--no-" + option.name.replace("_", "-"), "--no-" + option.name))
+            for flag in (*twins, *negations):
+                where.add_argument(flag, dest=option.name, action="store_const", const=flag in twins,
+                                   help=argparse.SUPPRESS)
         else:
-            parser.add_argument(*flags, dest=option.name, metavar=option.type_name.split()[0].upper(),
-                                help=help_text)
-    for name, (takes_value, flag_scope, instead) in DEPRECATED_FLAGS.items():
+            metavar = "|".join(option.choices) if option.choices else _METAVARS.get(option.type_name, "VALUE")
+            where.add_argument(option.flag, *option.flags, dest=option.name, metavar=metavar, help=help_text)
+            for flag in twins:
+                where.add_argument(flag, dest=option.name, metavar=metavar, help=argparse.SUPPRESS)
+    for name, (takes_value, flag_scope, _instead) in DEPRECATED_FLAGS.items():
         if flag_scope in (GENERAL, scope):
-            parser.add_argument("--" + name, dest=_DEPRECATED + name, help=f"Deprecated (MRQ 0.9), ignored: {instead}.",
-                                **({"metavar": "VALUE"} if takes_value else {"action": "store_const", "const": True}))
+            for flag in dict.fromkeys(("--" + name, "--" + name.replace("_", "-"))):
+                parser.add_argument(flag, dest=_DEPRECATED + name, help=argparse.SUPPRESS,
+                                    **({"metavar": "VALUE"} if takes_value else {"action": "store_const",
+                                                                                 "const": True}))
     return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; option help in a column wide enough for most flags."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def _option_help(option: Option) -> str:
+    """One option's --help text: its meaning and its default when it has one worth showing (not
+    an empty string, list or False)."""
+    text, default = option.help, option.default
+    if default is True:
+        text += f" (on by default: --no-{option.flag[2:]} turns it off)"
+    elif default not in ("", [], None, False) and not option.positional:
+        text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+    return text.replace("%", "%%")
 
 
 _DEPRECATED = "deprecated:"
@@ -184,14 +237,16 @@ def load_settings(
     parser: argparse.ArgumentParser | None = None,
     overrides: Mapping[str, Any] | None = None,
     default_file: bool = True,
+    intermixed: bool = False,
 ) -> tuple[Settings, argparse.Namespace]:
     """Build the settings from all layers. Returns them with the parsed command line (for
-    command-specific positional arguments). Raises ConfigError with a one-line reason."""
+    command-specific positional arguments). Raises ConfigError with a one-line reason.
+    `intermixed`: positional arguments may come after options (`mrq-queue empty --yes crawl`)."""
     env = os.environ if env is None else env
     args = argparse.Namespace()
     if argv is not None:
         parser = parser or build_parser(scope)
-        args = parser.parse_args(list(argv))
+        args = parser.parse_intermixed_args(list(argv)) if intermixed else parser.parse_args(list(argv))
 
     values: dict[str, Any] = {opt.name: _copy_default(opt.default) for opt in OPTIONS}
     sources = dict.fromkeys(values, "default")
@@ -393,7 +448,7 @@ def reference_markdown() -> str:
         if option.positional:
             flag = "positional"
         elif option.cli:
-            flag = ", ".join(f"`{f}`" for f in ("--" + option.name, *option.flags))
+            flag = ", ".join(f"`{f}`" for f in (option.flag, *option.flags))
         else:
             flag = "(file/env only)"
         default = json.dumps(option.default) if option.default is not None else "none"

@@ -21,6 +21,13 @@ GENERAL = "general"  # every command
 WORKER = "worker"
 RUN = "run"
 DASHBOARD = "dashboard"
+QUEUE = "queue"  # mrq-queue
+COMMANDS = (WORKER, RUN, DASHBOARD, QUEUE)
+
+# Sections of a command's --help after its own options (those of its scope), in this order.
+CONNECTIONS = "connections"
+JOB_DEFAULTS = "job defaults"
+OTHER = "other options"
 
 
 # --- value parsers: one per type, used for env strings, CLI strings and file values ------------
@@ -138,6 +145,18 @@ class Option:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     positional: bool = False
+    group: str = OTHER  # the --help section of a GENERAL option (CONNECTIONS, JOB_DEFAULTS, OTHER)
+    #: The commands whose --help lists a GENERAL option (empty: every command): the others still
+    #: accept it (MRQ 0.9 command lines passed it everywhere) but do not act on it.
+    shown_in: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """The spelling --help shows: hyphenated (`--max-jobs`); `--max_jobs` is accepted too."""
+        return "--" + self.name.replace("_", "-")
+
+    def shown_for(self, command: str) -> bool:
+        return self.scope == command or (self.scope == GENERAL and (not self.shown_in or command in self.shown_in))
 
     @property
     def env_name(self) -> str:
@@ -168,47 +187,60 @@ DAY = 24 * 3600
 OPTIONS: tuple[Option, ...] = (
     # --- connections
     Option("redis", _parse_str, "redis://127.0.0.1:6379/0",
-           "Redis URI: redis://, rediss:// (TLS), unix://, redis+sentinel://host:port[,host:port]/service[/db], "
-           "redis+cluster://host:port"),
-    Option("redis_prefix", _parse_str, "mrq", "Namespace of every Redis key and channel mrq uses."),
+           "Redis URI: redis://host:port/db, rediss:// (TLS), unix://, "
+           "redis+sentinel://host:port,host:port/service[/db] or redis+cluster://host:port", group=CONNECTIONS),
+    Option("redis_prefix", _parse_str, "mrq", "Namespace of every Redis key and channel mrq uses.",
+           group=CONNECTIONS),
     Option("redis_max_connections", _parse_int, 100, "Size of the Redis connection pool per process.",
-           minimum=1),
+           minimum=1, group=CONNECTIONS),
     Option("redis_timeout", _parse_float, 10.0,
            "Seconds before a Redis connect or command gives up (blocking waits have their own limits).",
-           minimum=0.1),
+           minimum=0.1, group=CONNECTIONS),
     Option("mongodb_jobs", _parse_str, "mongodb://127.0.0.1:27017/mrq",
            "MongoDB URI of the jobs database (the database named in the path, `mrq` if none).",
-           flags=("--mongodb",)),
+           flags=("--mongodb",), group=CONNECTIONS),
     Option("mongodb_logs", _parse_str, "1",
-           "Where per-job logs go: a MongoDB URI, `1` = the jobs database, `0` = no log storage."),
+           "Where per-job logs go: a MongoDB URI, `1` = the jobs database, `0` = no log storage.",
+           group=CONNECTIONS, shown_in=(WORKER, DASHBOARD)),
     Option("mongodb_logs_size", _parse_int, 0,
-           "Make mrq_logs a capped collection of this many bytes (0 = not capped; a TTL cleans it).", minimum=0),
+           "Make mrq_logs a capped collection of this many bytes (0 = not capped; a TTL cleans it).", minimum=0,
+           group=CONNECTIONS, shown_in=(WORKER,)),
     Option("mongodb_timeout", _parse_float, 5.0,
-           "Seconds before a MongoDB server selection or connect gives up.", minimum=0.1),
+           "Seconds before a MongoDB server selection or connect gives up.", minimum=0.1,
+           group=CONNECTIONS),
     # --- identity, logging
-    Option("name", _parse_str, "", "Worker name shown in reports (default: <hostname>.<pid>)."),
+    Option("name", _parse_str, "", "Worker name shown in reports (default: <hostname>.<pid>).",
+           shown_in=(WORKER,)),
     Option("log_level", _parse_level, "INFO", "Log level of the mrq loggers and of LOG_HANDLERS' handlers.",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Option("log_format", _parse_str, "text", "Log line format of mrq commands: human-readable text, or one JSON object "
-           "per line for log pipelines.", choices=("text", "json")),
+           "per line for log pipelines.", choices=("text", "json"),
+           shown_in=(WORKER, RUN, QUEUE)),
     Option("log_levels", _parse_str_list, [],
-           "Levels of single loggers, e.g. `mrq.worker=DEBUG mrq.scheduler=WARNING` (over log_level)."),
-    Option("quiet", _parse_bool, False, "Do not echo per-job logs to the worker's output."),
+           "Levels of single loggers, e.g. `mrq.worker=DEBUG mrq.scheduler=WARNING` (over log_level).",
+           shown_in=(WORKER, RUN, QUEUE)),
+    Option("quiet", _parse_bool, False, "Do not echo per-job logs to the worker's output.",
+           shown_in=(WORKER, RUN)),
     # --- job defaults (overridable per task in TASKS)
     Option("default_job_timeout", _parse_float, 3600.0, "Seconds a job may run before it is killed (`timeout`).",
-           minimum=0.001),
-    Option("default_job_result_ttl", _parse_float, 7 * DAY, "Seconds a successful job is kept.", minimum=0),
-    Option("default_job_abort_ttl", _parse_float, DAY, "Seconds an aborted job is kept.", minimum=0),
-    Option("default_job_cancel_ttl", _parse_float, DAY, "Seconds a cancelled job is kept.", minimum=0),
+           minimum=0.001, group=JOB_DEFAULTS, shown_in=(WORKER,)),
+    Option("default_job_result_ttl", _parse_float, 7 * DAY, "Seconds a successful job is kept.", minimum=0,
+           group=JOB_DEFAULTS, shown_in=(WORKER,)),
+    Option("default_job_abort_ttl", _parse_float, DAY, "Seconds an aborted job is kept.", minimum=0,
+           group=JOB_DEFAULTS, shown_in=(WORKER,)),
+    Option("default_job_cancel_ttl", _parse_float, DAY, "Seconds a cancelled job is kept.", minimum=0,
+           group=JOB_DEFAULTS, shown_in=(WORKER, DASHBOARD, QUEUE)),
     Option("default_job_ttl", _parse_float, 180 * DAY,
-           "Seconds a job in any other final status (failed, timeout, maxretries...) is kept.", minimum=0),
+           "Seconds a job in any other final status (failed, timeout, maxretries...) is kept.", minimum=0,
+           group=JOB_DEFAULTS, shown_in=(WORKER,)),
     Option("default_job_max_retries", _parse_int, 3, "Retries allowed by retry_current_job() by default.",
-           minimum=0),
+           minimum=0, group=JOB_DEFAULTS, shown_in=(WORKER,)),
     Option("default_job_retry_delay", _parse_float, 3.0, "Seconds before a retried job runs again by default.",
-           minimum=0),
+           minimum=0, group=JOB_DEFAULTS, shown_in=(WORKER,)),
     Option("retry_on_connection_errors", _parse_bool, True,
            "A job whose task raised a Redis or MongoDB connection error (an outage, a failover) is retried with "
-           "exponential backoff from retry_delay, within max_retries, instead of failing."),
+           "exponential backoff from retry_delay, within max_retries, instead of failing.",
+           group=JOB_DEFAULTS, shown_in=(WORKER,)),
     # --- worker
     Option("queues", _parse_str_list, ["default"],
            "Queues to listen on, highest priority first; `name/` also takes every subqueue `name/...`.",
@@ -265,10 +297,10 @@ OPTIONS: tuple[Option, ...] = (
            "Measure memory growth per job, with objgraph type counts (job fields memory_diff, memory_growth); "
            "needs --greenlets 1.", scope=WORKER),
     Option("trace_memory_type", _parse_str, "",
-           "With --trace_memory: draw the references to an object of this type after each job (needs graphviz).",
+           "With --trace-memory: draw the references to an object of this type after each job (needs graphviz).",
            scope=WORKER),
     Option("trace_memory_output_dir", _parse_str, "memory_traces",
-           "Where --trace_memory_type writes its graphs.", scope=WORKER),
+           "Where --trace-memory-type writes its graphs.", scope=WORKER),
     Option("profile", _parse_bool, False,
            "cProfile each job (with --greenlets 1; job field profile) or else the whole worker (its report).",
            scope=WORKER),
@@ -320,7 +352,7 @@ DEPRECATED_FLAGS: dict[str, tuple[bool, str, str]] = {
     "max_latency": (True, WORKER, "idle workers are woken at once by notifications"),
     "subqueues_refresh_interval": (True, WORKER, "new subqueues are learnt from notifications (and re-read every 5 s)"),
     "paused_queues_refresh_interval": (True, WORKER, "workers see a pause within a second"),
-    "report_file": (True, WORKER, "use --admin_port and GET /report"),
+    "report_file": (True, WORKER, "use --admin-port and GET /report"),
     "agent_id": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
     "worker_id": (True, WORKER, "worker ids are generated; use --name to label a worker"),
     "worker_group": (True, WORKER, "there is no mrq-agent (docs/migrating-from-mrq.md)"),
@@ -330,6 +362,6 @@ DEPRECATED_FLAGS: dict[str, tuple[bool, str, str]] = {
     "queue_ttl": (True, GENERAL, "there are no queuesize counters to expire"),
     "use_large_job_ids": (False, GENERAL, "job ids are ObjectIds"),
     "no_import_patch": (False, GENERAL, "nothing is patched at import"),
-    "print_mongodb": (False, GENERAL, "use --trace_io"),
+    "print_mongodb": (False, GENERAL, "use --trace-io"),
     "log_handler": (True, GENERAL, "use LOG_HANDLERS in the config file"),
 }

@@ -3,13 +3,27 @@ clear one-line errors for every kind of bad input."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from mrq.config import OPTIONS, WORKER, build_parser, load_settings
+from mrq.config import (
+    DASHBOARD,
+    DEPRECATED_FLAGS,
+    OPTIONS,
+    QUEUE,
+    RUN,
+    WORKER,
+    Option,
+    build_parser,
+    deprecation_warnings,
+    load_settings,
+)
 from mrq.exceptions import ConfigError
+from mrq.options import COMMANDS
+from mrq.options import _parse_bool as bool_parser
 
 
 def write_config(tmp_path: Path, body: str, name: str = "mrq-config.py") -> Path:
@@ -198,7 +212,68 @@ def test_worker_help_lists_every_worker_and_general_flag() -> None:
     help_text = build_parser(WORKER).format_help()
     for option in OPTIONS:
         if option.cli and option.scope in ("general", WORKER) and not option.positional:
-            assert f"--{option.name}" in help_text, option.name
+            assert option.flag in help_text, option.name
+
+
+def _listed_flags(help_text: str) -> list[str]:
+    """The flags --help lists, in order: the first word of each option line."""
+    return re.findall(r"(?m)^  (--?[\w-]+)", help_text)
+
+
+@pytest.mark.parametrize("scope", COMMANDS)
+def test_help_is_grouped_and_lists_only_what_the_command_uses(scope: str) -> None:
+    help_text = build_parser(scope, prog=f"mrq-{scope}").format_help()
+    sections = re.findall(r"(?m)^(\S.*):$", help_text)
+    expected = [title for title, present in (
+        ("options", any(o.cli and o.scope == scope and not o.positional for o in OPTIONS)),
+        ("connections", True), ("job defaults (per task: TASKS in the config file)", scope != RUN),
+        ("other options", True)) if present]
+    assert [s for s in sections if s != "positional arguments"] == expected, sections
+    listed = _listed_flags(help_text)
+    for option in OPTIONS:
+        if not option.cli or option.positional:
+            continue
+        assert (option.flag in listed) == option.shown_for(scope), (scope, option.name)
+        if "_" in option.name:
+            assert "--" + option.name not in listed  # one spelling shown: the hyphenated one
+    assert not any(flag.lstrip("-") in DEPRECATED_FLAGS or flag.lstrip("-").replace("-", "_") in DEPRECATED_FLAGS
+                   for flag in listed)
+    # the command's own options come first, then connections (--redis first of them)
+    own = [o.flag for o in OPTIONS if o.cli and o.scope == scope and not o.positional]
+    if own:
+        assert listed.index(own[-1]) < listed.index("--redis")
+    if scope in (DASHBOARD, QUEUE):
+        assert not {"--name", "--greenlets", "--quiet", "--default-job-timeout", "--max-jobs"} & set(listed)
+
+
+def test_every_flag_is_accepted_hyphenated_and_with_underscores(tmp_path: Path) -> None:
+    for option in OPTIONS:
+        if not option.cli or option.positional or option.scope not in ("general", WORKER):
+            continue
+        spellings = dict.fromkeys((option.flag, "--" + option.name))
+        for flag in spellings:
+            if option.parse is bool_parser:
+                on = worker_settings(tmp_path, [flag])
+                off = worker_settings(tmp_path, ["--no-" + flag[2:]])
+                assert on[option.name] is True and off[option.name] is False, flag
+                assert on.sources[option.name] == "cli" == off.sources[option.name]
+                continue
+            value = option.choices[-1] if option.choices else _sample(option)
+            settings = worker_settings(tmp_path, [flag, value])
+            assert settings.sources[option.name] == "cli", flag
+            assert settings[option.name] == option.convert(value), flag
+    for name in DEPRECATED_FLAGS:  # MRQ 0.9's flags, in either spelling, still start the worker
+        takes_value = DEPRECATED_FLAGS[name][0]
+        for flag in ("--" + name, "--" + name.replace("_", "-")):
+            _, args = load_settings([flag, *(["1"] if takes_value else [])], scope=WORKER, env={}, cwd=tmp_path)
+            assert deprecation_warnings(args) == [f"--{name} is deprecated and ignored: {DEPRECATED_FLAGS[name][2]}"]
+
+
+def _sample(option: Option) -> str:
+    return {"redis": "redis://127.0.0.1:6390/1", "mongodb_jobs": "mongodb://127.0.0.1:27018/other",
+            "mongodb_logs": "0", "redis_prefix": "other", "log_levels": "mrq.worker=DEBUG",
+            "task_whitelist": "tasks.a,tasks.b", "task_blacklist": "tasks.c"}.get(
+        option.name, str(max(7, int(option.minimum or 0))) if option.type_name in ("integer", "number") else "text")
 
 
 def test_configuration_reference_in_docs_is_current() -> None:
@@ -206,3 +281,31 @@ def test_configuration_reference_in_docs_is_current() -> None:
 
     docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     assert reference_markdown() in docs, "regenerate with: python -m mrq.config (see docs/configuration.md)"
+
+
+#: The commands, and the most lines their --help may take at 80 columns (MRQ 0.9's layout took
+#: 230, 119, 113 and 135: every shared option first, in both spellings, deprecated flags too).
+HELP_LINES = {"mrq.cli.worker": 150, "mrq.cli.run": 60, "mrq.cli.queue": 90, "dashboard.cli": 65}
+
+
+@pytest.mark.parametrize("module", sorted(HELP_LINES))
+def test_every_command_has_a_short_help_and_a_version(module: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mrq.version import __version__
+
+    env = {**os.environ, "COLUMNS": "80"}
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert len(lines) <= HELP_LINES[module], len(lines)
+    assert lines[0].startswith("usage: mrq-") and lines[0].endswith(("[options]", "...]")), lines[0]
+    assert "--max_jobs = --max-jobs" in done.stdout  # the underscore spelling is said to work
+    for flag in ("--version", "-v"):
+        done = subprocess.run([sys.executable, "-m", module, flag], capture_output=True, text=True, env=env,
+                              cwd=root, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == f"mrq {__version__}", done

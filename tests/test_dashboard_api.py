@@ -699,8 +699,8 @@ def test_mrq_dashboard_serves_warns_and_stops(mrq_settings: Settings) -> None:
     help_text = subprocess.run([sys.executable, "-m", "mrq_dashboard.cli", "--help"], capture_output=True, text=True,
                                timeout=60)
     assert help_text.returncode == 0
-    for flag in ("--port", "--bind", "--dashboard_auth", "--dashboard_token", "--dashboard_readonly",
-                 "--dashboard_enqueue_paths", "--redis", "--mongodb_jobs", "--config"):
+    for flag in ("--port", "--bind", "--dashboard-auth", "--dashboard-token", "--dashboard-readonly",
+                 "--dashboard-enqueue-paths", "--redis", "--mongodb-jobs", "--config"):
         assert flag in help_text.stdout
     bad = DashboardProcess(mrq_settings, ["--dashboard_auth", "nocolon"])
     bad.start()

@@ -67,7 +67,7 @@ def test_every_code_block_of_getting_started_is_marked() -> None:
     blocks = parse_blocks(text)
     assert len(blocks) == fences, "every code block needs a <!-- test: ... --> marker (see tests/test_docs.py)"
     assert [b.kind for b in blocks if b.kind != "skip"] == ["file", "worker", "run", "python", "python", "python",
-                                                            "run", "run", "run", "dashboard", "run"]
+                                                            "run", "run", "run", "run", "dashboard", "run"]
     assert all(b.argument.startswith("(") and b.argument.endswith(")") for b in blocks if b.kind == "skip")
 
 

@@ -264,9 +264,18 @@ def test_worker_help_is_complete(store: Store, mrq_settings: Any) -> None:
 
     done = run_command(mrq_settings, "mrq.cli.worker", ["--help"])
     assert done.returncode == 0
-    for flag in ("--greenlets", "--gevent", "--max_jobs", "--max_time", "--dequeue_strategy", "--redis",
-                 "--mongodb_jobs", "--config", "--redis_prefix", "--name", "--log_level"):
+    for flag in ("--greenlets", "--gevent", "--max-jobs", "--max-time", "--dequeue-strategy", "--redis",
+                 "--mongodb-jobs", "--config", "--redis-prefix", "--name", "--log-level"):
         assert flag in done.stdout
+
+
+def test_hyphenated_flags_drive_a_real_worker(store: Store, worker_factory: Any) -> None:
+    queue_jobs(f"{TASKS}.Add", [{"a": 1, "b": 1}] * 4)
+    worker = worker_factory("--max-jobs", "2", "--dequeue-strategy", "sequential", "--report-interval", "0.5",
+                            "--no-trace-io")
+    assert worker.wait(20) == 0
+    assert store.jobs.count_documents({"status": "success"}) == 2
+    assert store.jobs.count_documents({"status": "queued"}) == 2
 
 
 @pytest.mark.parametrize("args", [["--greenlets", "abc"], ["--nope"], ["--dequeue_strategy", "fast"]])

@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prog = "mrq-run"
     sys.path.insert(0, os.getcwd())
-    parser = build_parser(RUN, prog=prog, description=DESCRIPTION)
-    parser.add_argument("path", nargs="?", help="Dotted path of the task, e.g. tasks.io.Fetch")
-    parser.add_argument("taskargs", nargs=argparse.REMAINDER,
+    parser = build_parser(RUN, prog=prog, description=DESCRIPTION, usage="%(prog)s [options] PATH [PARAMS ...]")
+    parser.add_argument("path", nargs="?", metavar="PATH", help="Dotted path of the task, e.g. tasks.io.Fetch")
+    parser.add_argument("taskargs", nargs=argparse.REMAINDER, metavar="PARAMS",
                         help="Optional params: one JSON object, key value pairs, or key:=JSON pairs")
     try:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=RUN, parser=parser)

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .common import EXIT_USAGE, fail
 
     sys.path.insert(0, os.getcwd())  # task modules of the current project
-    parser = build_parser(WORKER, prog="mrq-worker", description=DESCRIPTION)
+    parser = build_parser(WORKER, prog="mrq-worker", description=DESCRIPTION, usage="%(prog)s [options] [QUEUE ...]")
     try:
         settings, args = load_settings(sys.argv[1:] if argv is None else argv, scope=WORKER, parser=parser)
     except ConfigError as exc:
