@@ -50,7 +50,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 #: Where each store's address comes from, said with every "cannot reach" error.
-WHERE_SET = {"Redis": "MRQ_REDIS or --redis", "MongoDB": "MRQ_MONGODB_JOBS or --mongodb_jobs"}
+WHERE_SET = {"Redis": "MRQ_REDIS or --redis", "MongoDB": "MRQ_MONGODB_JOBS or --mongodb-jobs"}
 
 
 def store_error(what: str, uri: str, exc: BaseException, timeout: float | None = None) -> str:

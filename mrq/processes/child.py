@@ -22,8 +22,10 @@ PARENT_PID_ENV = "MRQ_PARENT_PID"
 #: Environment variable telling a supervised worker its number (0..N-1): with --admin_port P, process
 #: k listens on P + k.
 PROCESS_NUM_ENV = "MRQ_PROCESS_NUM"
-#: supervisord's `startsecs`: a worker that exits sooner counts as a failed start (backoff).
-START_SECONDS = 1
+#: supervisord's `startsecs`: a worker that exits sooner counts as a failed start (backoff). Two
+#: seconds, not one: on a loaded machine importing a worker can take more than a second, and a
+#: worker crashing at start must still be a failed start (delayed restarts), not a quick exit.
+START_SECONDS = 2
 
 
 def is_subprocess() -> bool:
