@@ -41,7 +41,7 @@ from .config import Settings, load_settings
 from .connections import mongo_database_name, redact_uri, store_error
 from .exceptions import ConfigError, MrqError, StoreUnavailable
 from .helpers import emit_metric
-from .job import JobNotFound, JobWaitTimeout, to_object_id
+from .job import DocumentFields, JobNotFound, JobWaitTimeout, to_object_id
 from .lifecycle.statuses import DELAYED, QUEUED, STARTED
 from .queue.producer import duplicate_indexes, prepare_jobs, refused_batch, unpushed_filter
 from .queue.regular import RegularQueue
@@ -236,7 +236,7 @@ def _mongo_unavailable(store: AsyncStore, exc: BaseException) -> StoreUnavailabl
 # --- reading a job ------------------------------------------------------------------------------------
 
 
-class Job:
+class Job(DocumentFields):
     """A handle on one job document for asyncio code: `await job.fetch()` loads it (then `status`,
     `result`... read its fields), `await job.wait(timeout=...)` waits for its end."""
 
@@ -276,14 +276,6 @@ class Job:
             raise MrqError(f"job {self.id}: `await job.fetch()` before reading its {name}")
         return self.data.get(name)
 
-    status = property(lambda self: self._field("status"))
-    result = property(lambda self: self._field("result"))
-    traceback = property(lambda self: self._field("traceback"))
-    exceptiontype = property(lambda self: self._field("exceptiontype"))
-    path = property(lambda self: self._field("path"))
-    params = property(lambda self: self._field("params"))
-    queue = property(lambda self: self._field("queue"))
-    progress = property(lambda self: self._field("progress"))
 
     async def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
         """Wait (without blocking the loop) until the job leaves `queued`/`started`/`delayed`;

@@ -74,7 +74,25 @@ def to_object_id(job_id: object) -> ObjectId:
 # --- reading and acting on one job ----------------------------------------------------------------
 
 
-class Job:
+class DocumentFields:
+    """A job document's fields as attributes (`job.status`, `job.result`...), read through
+    `_field`: the sync `Job` below and `mrq.aio.Job` share them."""
+
+    def _field(self, name: str) -> Any:
+        raise NotImplementedError
+
+    status = property(lambda self: self._field("status"))
+    result = property(lambda self: self._field("result"))
+    traceback = property(lambda self: self._field("traceback"))
+    exceptiontype = property(lambda self: self._field("exceptiontype"))
+    path = property(lambda self: self._field("path"))
+    params = property(lambda self: self._field("params"))
+    queue = property(lambda self: self._field("queue"))
+    progress = property(lambda self: self._field("progress"))
+    retry_count = property(lambda self: self._field("retry_count") or 0)
+
+
+class Job(DocumentFields):
     """A handle on one job document. `fetch()` loads it; attributes read its fields."""
 
     def __init__(self, job_id: object, store: Store | None = None) -> None:
@@ -112,15 +130,6 @@ class Job:
         assert self.data is not None
         return self.data.get(name)
 
-    status = property(lambda self: self._field("status"))
-    result = property(lambda self: self._field("result"))
-    traceback = property(lambda self: self._field("traceback"))
-    exceptiontype = property(lambda self: self._field("exceptiontype"))
-    path = property(lambda self: self._field("path"))
-    params = property(lambda self: self._field("params"))
-    queue = property(lambda self: self._field("queue"))
-    progress = property(lambda self: self._field("progress"))
-    retry_count = property(lambda self: self._field("retry_count") or 0)
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
         """Block until the job leaves `queued`/`started`/`delayed`; return `{result, status}` (or

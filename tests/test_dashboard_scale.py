@@ -16,15 +16,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pymongo
-import pymongo.monitoring
 import pytest
 import redis
 from bson import ObjectId
 from flask.testing import FlaskClient
 
-from mrq.config import Settings
-from mrq.connections import Connections
 from mrq.lifecycle import documents
 from mrq.queue import Queue, count_known, forget_empty_subqueues, known_queue_names, subqueue_names
 from mrq.queue.registry import MIN_FORGET_AFTER, adopt_legacy
@@ -36,6 +32,7 @@ from mrq.testing.stack import MongoTestServer, RedisServer
 from mrq_dashboard import create_app
 from mrq_dashboard.jobfilter import parse_job_filter
 from mrq_dashboard.queries import sorted_read
+from tests.test_dashboard_api import CommandLog, MonitoredConnections
 
 JOBS = 100_000
 SUBQUEUES = 10_000
@@ -48,31 +45,7 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
-class CommandLog(pymongo.monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.commands: list[dict[str, Any]] = []
-
-    def started(self, event: pymongo.monitoring.CommandStartedEvent) -> None:
-        if event.command_name not in ("hello", "isMaster", "ping", "endSessions"):
-            self.commands.append({"name": event.command_name, **dict(event.command)})
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
-
-class MonitoredConnections(Connections):
-    def __init__(self, settings: Settings, listener: CommandLog) -> None:
-        super().__init__(settings)
-        self.listener = listener
-
-    def _mongo_client(self, uri: str) -> pymongo.MongoClient:
-        if uri not in self._mongo_clients:
-            self._mongo_clients[uri] = pymongo.MongoClient(uri, event_listeners=[self.listener], connect=False,
-                                                           serverSelectionTimeoutMS=5000)
-        return self._mongo_clients[uri]
+# CommandLog and MonitoredConnections: the dashboard API tests' command counters.
 
 
 def redis_calls(client: redis.Redis) -> dict[str, int]:
