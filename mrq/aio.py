@@ -41,8 +41,8 @@ from .config import Settings, load_settings
 from .connections import mongo_database_name, redact_uri, store_error
 from .exceptions import ConfigError, MrqError, StoreUnavailable
 from .helpers import emit_metric
-from .job import DocumentFields, JobNotFound, JobWaitTimeout, to_object_id
-from .lifecycle.statuses import DELAYED, QUEUED, STARTED
+from .job import DocumentFields, JobNotFound, to_object_id
+from .lifecycle.statuses import QUEUED
 from .queue.producer import duplicate_indexes, prepare_jobs, refused_batch, unpushed_filter
 from .queue.regular import RegularQueue
 from .storage import mongo
@@ -251,10 +251,6 @@ class Job(DocumentFields):
             self._store = get_store()
         return self._store
 
-    def __repr__(self) -> str:
-        status = self.data.get("status") if self.data else "?"
-        return f"<Job {self.id} {status}>"
-
     async def fetch(self, full_data: bool | dict[str, Any] = True) -> Job:
         """Load the document; raises JobNotFound when there is none (never queued, or expired)."""
         projection = None if full_data is True else (full_data or {"path": 1, "params": 1, "status": 1})
@@ -285,12 +281,6 @@ class Job(DocumentFields):
         projection = None if full_data else {"result": 1, "status": 1, "_id": 0}
         while True:
             data = await self._find(projection)
-            if data is None:
-                raise JobNotFound(self.id)
-            if data.get("status") not in (QUEUED, STARTED, DELAYED):
-                if full_data:
-                    self.data = data
+            if self._waited(data, full_data, deadline, timeout):
                 return data
-            if deadline is not None and time.monotonic() >= deadline:
-                raise JobWaitTimeout(f"job {self.id} still {data.get('status')} after {timeout:g}s")
             await asyncio.sleep(poll_interval)

@@ -78,8 +78,29 @@ class DocumentFields:
     """A job document's fields as attributes (`job.status`, `job.result`...), read through
     `_field`: the sync `Job` below and `mrq.aio.Job` share them."""
 
+    id: ObjectId
+    data: dict[str, Any] | None
+
     def _field(self, name: str) -> Any:
         raise NotImplementedError
+
+    def __repr__(self) -> str:
+        status = self.data.get("status") if self.data else "?"
+        return f"<Job {self.id} {status}>"
+
+    def _waited(self, data: dict[str, Any] | None, full_data: bool, deadline: float | None,
+                timeout: float | None) -> bool:
+        """One look of `wait()` (sync or async): True when the job has left `queued`/`started`/
+        `delayed`; raises JobNotFound when it is gone, JobWaitTimeout past the deadline."""
+        if data is None:
+            raise JobNotFound(self.id)
+        if data.get("status") not in (QUEUED, STARTED, DELAYED):
+            if full_data:
+                self.data = data
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            raise JobWaitTimeout(f"job {self.id} still {data.get('status')} after {timeout:g}s")
+        return False
 
     status = property(lambda self: self._field("status"))
     result = property(lambda self: self._field("result"))
@@ -108,10 +129,6 @@ class Job(DocumentFields):
             self._store = _current_store()
         return self._store
 
-    def __repr__(self) -> str:
-        status = self.data.get("status") if self.data else "?"
-        return f"<Job {self.id} {status}>"
-
     def fetch(self, full_data: bool | dict[str, Any] = True) -> Job:
         """Load the document; raises JobNotFound when there is none (never queued, or expired)."""
         projection = None if full_data is True else (full_data or {"path": 1, "params": 1, "status": 1})
@@ -138,14 +155,8 @@ class Job(DocumentFields):
         projection = None if full_data else {"result": 1, "status": 1, "_id": 0}
         while True:
             data = self.store.jobs.find_one({"_id": self.id}, projection)
-            if data is None:
-                raise JobNotFound(self.id)
-            if data.get("status") not in (QUEUED, STARTED, DELAYED):
-                if full_data:
-                    self.data = data
+            if self._waited(data, full_data, deadline, timeout):
                 return data
-            if deadline is not None and time.monotonic() >= deadline:
-                raise JobWaitTimeout(f"job {self.id} still {data.get('status')} after {timeout:g}s")
             time.sleep(poll_interval)
 
     def cancel(self) -> bool:
