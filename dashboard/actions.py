@@ -150,7 +150,8 @@ class Actions:
 
     # --- enqueue (HTTP producers) ---------------------------------------------------------------------
 
-    def enqueue(self, path: str, params: dict[str, Any], queue: str | None) -> ObjectId:
+    def enqueue(self, path: str, params: dict[str, Any], queue: str | None, *, depends_on: list[str] | None = None,
+                on_dependency_failure: str = "cancel") -> ObjectId:
         allowed = self.enqueue_paths
         if not allowed:
             raise Forbidden("enqueueing by HTTP is off (set dashboard_enqueue_paths to the task paths, or "
@@ -163,7 +164,8 @@ class Actions:
             # import run`) or assigns is not a task, whatever the allow-list says.
             raise Forbidden(f"task path {path[:120]!r} is not a Task class or function defined in its module "
                             "(checked in its source on the dashboard's sys.path)")
-        return queue_job(path, params, queue=queue, store=self.store)
+        return queue_job(path, params, queue=queue, store=self.store, depends_on=depends_on,
+                         on_dependency_failure=on_dependency_failure)
 
 
 def enqueue_allowed(path: str, allowed: list[str]) -> bool:

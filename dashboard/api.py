@@ -130,7 +130,14 @@ def enqueue() -> tuple[Response, int]:
         raise BadInput(f"params: expected a JSON object, got {type(params).__name__}")
     if queue is not None and not isinstance(queue, str):
         raise BadInput(f"queue: expected a string, got {type(queue).__name__}")
-    job_id = state().actions.enqueue(path, params, queue or None)
+    depends_on, on_failure = body.get("depends_on"), body.get("on_dependency_failure", "cancel")
+    if depends_on is not None and (not isinstance(depends_on, list)
+                                   or not all(isinstance(i, str) for i in depends_on)):
+        raise BadInput("depends_on: expected a list of job ids (24-character hex strings)")
+    if not isinstance(on_failure, str):
+        raise BadInput("on_dependency_failure: expected \"cancel\" or \"run\"")
+    job_id = state().actions.enqueue(path, params, queue or None, depends_on=depends_on or None,
+                                     on_dependency_failure=on_failure)
     response = jsonify({"id": job_id})
     response.headers["Location"] = f"/api/jobs/{job_id}"
     return response, 201

@@ -124,7 +124,9 @@ def paths() -> Schema:
                 "Enqueue a job (only task paths allowed by dashboard_enqueue_paths).",
                 json_response("Queued", {"type": "object", "properties": {"id": ID}}), status="201", action=True,
                 request=body({"type": "object", "required": ["path"], "properties": {
-                    "path": {"type": "string"}, "params": ANY_OBJECT, "queue": {"type": "string"}}})),
+                    "path": {"type": "string"}, "params": ANY_OBJECT, "queue": {"type": "string"},
+                    "depends_on": {"type": "array", "items": ID},
+                    "on_dependency_failure": {"type": "string", "enum": ["cancel", "run"]}}})),
         },
         "/api/jobs/{job_id}": {"get": operation(
             "One job: status, result, error, timings, params, traceback history.", json_response("The job", JOB),

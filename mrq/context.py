@@ -26,6 +26,7 @@ __all__ = [
     "get_current_config",
     "get_current_job",
     "get_current_worker",
+    "get_dependency_results",
     "log",
     "metric",
     "queue_job",
@@ -118,6 +119,16 @@ def _require_job(what: str) -> Any:
     if job is None:
         raise MrqError(f"{what}() was called outside a running job")
     return job
+
+
+def get_dependency_results() -> list[Any]:
+    """The results of the jobs the current job waited for (its `depends_on`, in order; a group's
+    callback: the members' results): None for one that did not end `success` (a job queued with
+    on_dependency_failure="run") or that expired."""
+    from .workflow import dependency_results
+
+    job = _require_job("get_dependency_results")
+    return dependency_results(job.data if job.data is not None else job, job.store)
 
 
 def retry_current_job(delay: float | None = None, max_retries: int | None = None,

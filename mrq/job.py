@@ -43,6 +43,7 @@ from .lifecycle.statuses import (  # noqa: F401 - MRQ-compatible names, importab
     SUCCESS,
     TIMEOUT,
     TRANSIENT_STATUSES,
+    WAITING,
 )
 from .queue.producer import (  # noqa: F401 - the producer functions, importable from mrq.job as in MRQ
     MAX_DOCUMENT_BYTES,
@@ -94,7 +95,7 @@ class DocumentFields:
         `delayed`; raises JobNotFound when it is gone, JobWaitTimeout past the deadline."""
         if data is None:
             raise JobNotFound(self.id)
-        if data.get("status") not in (QUEUED, STARTED, DELAYED):
+        if data.get("status") not in (WAITING, QUEUED, STARTED, DELAYED):
             if full_data:
                 self.data = data
             return True
@@ -149,7 +150,7 @@ class Job(DocumentFields):
 
 
     def wait(self, timeout: float | None = None, poll_interval: float = 0.1, full_data: bool = False) -> Any:
-        """Block until the job leaves `queued`/`started`/`delayed`; return `{result, status}` (or
+        """Block until the job leaves `waiting`/`queued`/`started`/`delayed`; return `{result, status}` (or
         the whole document with full_data). Raises JobWaitTimeout after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         projection = None if full_data else {"result": 1, "status": 1, "_id": 0}

@@ -15,8 +15,10 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
+from bson import ObjectId
+
 from .clock import unix_time_of, utcnow
-from .lifecycle import operations
+from .lifecycle import dependencies, operations, statuses
 from .lifecycle.statuses import DEFAULT_QUEUE, INTERRUPT, QUEUED, RETRY, STARTED, WAITING_STATUSES
 from .queue import RegularQueue
 from .storage.leases import Leases
@@ -114,6 +116,36 @@ def requeue_started_jobs(store: Store, timeout: float | None = 300.0, *, op_time
             stale.append(doc)
         total += operations.recover_stale(store, stale, store.settings.max_recoveries)
     return total
+
+
+def resettle_waiting(store: Store, min_age: float = 60.0) -> dict[str, int]:
+    """Jobs waiting for more than `min_age` seconds whose dependencies have ended are settled (a
+    producer that died between registering a job and reading its dependencies' statuses, or a
+    dependency whose settling was lost with a worker that nobody recovered)."""
+    cutoff = utcnow() - timedelta(seconds=min_age)
+    totals = {"queued": 0, "cancelled": 0}
+    query = {"status": statuses.WAITING, "datequeued": {"$lte": cutoff}}
+    for found in operations.pages(store, query, {"depends_on": 1, "dependencies_ended": 1}):
+        missing: dict[ObjectId, list[ObjectId]] = defaultdict(list)
+        for doc in found:
+            done = set(doc.get("dependencies_ended") or ())
+            for parent in doc.get("depends_on") or ():
+                if parent not in done:
+                    missing[parent].append(doc["_id"])
+        parents = list(missing)
+        for start in range(0, len(parents), 1000):
+            chunk = parents[start:start + 1000]
+            ended = store.jobs.find({"_id": {"$in": chunk},
+                                     "status": {"$in": sorted(dependencies.DEPENDENCY_ENDS)}}, {"status": 1})
+            counts = dependencies.settle(
+                store, [dependencies.Ended(doc["_id"], doc["status"], missing[doc["_id"]]) for doc in ended],
+                recovering=True)
+            for key, value in counts.items():
+                totals[key] += value
+    if any(totals.values()):
+        log.warning("settled jobs left waiting for ended dependencies: %d queued, %d cancelled", totals["queued"],
+                    totals["cancelled"])
+    return totals
 
 
 def ensure_all_indexes(store: Store) -> list[str]:

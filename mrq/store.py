@@ -87,6 +87,10 @@ class Store:
         return self.connections.mongodb_jobs[mongo.WORKERS]
 
     @property
+    def groups(self) -> pymongo.collection.Collection:
+        return self.connections.mongodb_jobs[mongo.GROUPS]
+
+    @property
     def logs(self) -> pymongo.collection.Collection | None:
         db = self.connections.mongodb_logs
         return None if db is None else db[mongo.LOGS]

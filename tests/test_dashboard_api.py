@@ -670,7 +670,7 @@ def test_pages_cost_a_bounded_number_of_commands_with_100k_jobs(mrq_settings: Se
         return list(listener.commands)
 
     overview = cost("/")
-    assert len(overview) <= 13, [c["name"] for c in overview]  # 11 bounded status counts + worker reports
+    assert len(overview) <= 14, [c["name"] for c in overview]  # 12 bounded status counts + worker reports
     assert not [c for c in overview if scans_whole_collection(c)]
     assert all(c["pipeline"][1] == {"$limit": 100_000} for c in overview if c["name"] == "aggregate")
     assert len(cost("/")) <= 1  # the counts come from the cache for a few seconds

@@ -15,9 +15,9 @@ MAX_LINES = 500
 #: Lowest first. A module may import its own layer and the layers below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("mrq.version", "mrq.exceptions", "mrq.clock", "mrq.utils", "mrq.options", "mrq.config", "mrq.iocount",
-     "mrq.connections", "mrq.legacy_mongo", "mrq.storage", "mrq.store", "mrq.backoff"),
+     "mrq.connections", "mrq.legacy_mongo", "mrq.storage", "mrq.store", "mrq.backoff", "mrq.faultpoints"),
     ("mrq.current", "mrq.task", "mrq.helpers", "mrq.stats", "mrq.queue", "mrq.lifecycle", "mrq.job", "mrq.joblogs",
-     "mrq.log", "mrq.subpool", "mrq.context", "mrq.tracing", "mrq.aio"),
+     "mrq.log", "mrq.subpool", "mrq.context", "mrq.tracing", "mrq.aio", "mrq.workflow"),
     ("mrq.worker", "mrq.scheduler", "mrq.maintenance", "mrq.reconcile", "mrq.basetasks", "mrq.startup"),
     ("mrq.cli", "mrq.processes", "mrq.testing", "dashboard", "mrq"),
 ]

@@ -19,11 +19,16 @@ from ..task import Task
 
 
 class RequeueLostJobs(Task):
-    """Jobs waiting in MongoDB but held by no Redis structure (Redis lost its data): put back.
-    params: min_age (seconds, default 60): skip jobs queued more recently than that."""
+    """Jobs waiting in MongoDB but held by no Redis structure (Redis lost its data): put back;
+    and jobs `waiting` for dependencies that have all ended (a producer died between storing one
+    and registering it): settled. params: min_age (seconds, default 60): skip jobs queued more
+    recently than that."""
 
     def run(self, params: dict[str, Any]) -> dict[str, int]:
-        return maintenance.requeue_lost_jobs(current.get_current_store(), float(params.get("min_age", 60)))
+        store, min_age = current.get_current_store(), float(params.get("min_age", 60))
+        counts = maintenance.requeue_lost_jobs(store, min_age)
+        settled = maintenance.resettle_waiting(store, min_age)
+        return {**counts, "waiting_queued": settled["queued"], "waiting_cancelled": settled["cancelled"]}
 
 
 class RequeueStartedJobs(Task):

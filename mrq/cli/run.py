@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "mrq-run"
     sys.path.insert(0, os.getcwd())
     parser = build_parser(RUN, prog=prog, description=DESCRIPTION, usage="%(prog)s [options] PATH [PARAMS ...]")
+    parser.add_argument("--depends-on", dest="depends_on", action="append", default=[], metavar="ID",
+                        help="With --queue: the job waits until this job ended success (repeat it, or give ids "
+                             "separated by commas); docs/workflows.md")
     parser.add_argument("path", nargs="?", metavar="PATH", help="Dotted path of the task, e.g. tasks.io.Fetch")
     parser.add_argument("taskargs", nargs=argparse.REMAINDER, metavar="PARAMS",
                         help="Optional params: one JSON object, key value pairs, or key:=JSON pairs")
@@ -96,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("the task path is required (mrq-run tasks.io.Fetch url https://...)")
         params = parse_params(args.taskargs)
         validate_task_path(args.path)
+        depends_on = [part.strip() for value in args.depends_on for part in value.split(",") if part.strip()]
+        if depends_on and not settings.queue:
+            raise ValueError("--depends-on needs --queue (a job run here in the foreground cannot wait)")
     except (ConfigError, ValueError, InvalidJob) as exc:
         return fail(prog, str(exc), EXIT_USAGE)
     for line in deprecation_warnings(args):
@@ -113,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store.close()
             return fail(prog, f"{exc} (nothing queued)", EXIT_NOT_FOUND)
         try:
-            job_id = queue_job(args.path, params, queue=settings.queue, store=store)
+            job_id = queue_job(args.path, params, queue=settings.queue, store=store, depends_on=depends_on or None)
         except (InvalidJob, InvalidQueueName) as exc:
             return fail(prog, str(exc), EXIT_USAGE)
         except StoreUnavailable as exc:

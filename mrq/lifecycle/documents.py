@@ -9,7 +9,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from .statuses import ABORT, CANCEL, FAILED, QUEUED, STARTED, SUCCESS
+from .statuses import ABORT, CANCEL, FAILED, QUEUED, STARTED, SUCCESS, WAITING
 
 #: `traceback_history` keeps the newest entries only.
 HISTORY_LIMIT = 50
@@ -32,6 +32,14 @@ def new_job(job_id: ObjectId, path: str, params: dict[str, Any], queue: str, now
     """The document `queue_jobs` inserts."""
     return {"_id": job_id, "path": path, "params": params, "queue": queue, "status": QUEUED,
             "datequeued": now, "dateupdated": now, "retry_count": 0}
+
+
+def waiting_fields(depends_on: list[ObjectId], on_failure: str) -> dict[str, Any]:
+    """What a job queued with `depends_on` stores instead of `queued` (lifecycle/dependencies.py)."""
+    fields: dict[str, Any] = {"status": WAITING, "depends_on": depends_on, "dependencies_ended": []}
+    if on_failure != "cancel":
+        fields["on_dependency_failure"] = on_failure
+    return fields
 
 
 def raw_started(job_id: ObjectId, path: str, params: dict[str, Any], queue: str, raw_queue: str, worker: Any,

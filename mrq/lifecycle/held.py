@@ -27,12 +27,14 @@ from bson import ObjectId
 from pymongo import DeleteOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from .. import faultpoints
 from ..clock import unix_time_of, utcnow
 from ..queue import RegularQueue
 from ..storage.leases import Leases
 from . import documents as docs
+from .dependencies import DEPENDENCY_ENDS, Ended, guard_for, settle
 from .policy import Refused, write
-from .statuses import QUEUED, RETRY, STARTABLE_STATUSES, STARTED, SUCCESS
+from .statuses import FAILED, QUEUED, RETRY, STARTABLE_STATUSES, STARTED, SUCCESS
 
 if TYPE_CHECKING:
     from ..store import Store, TaskSettings
@@ -68,6 +70,16 @@ class FinalWrite:
     upsert: bool = False
     base: dict[str, Any] = field(default_factory=dict)  # for an upsert: the fields a minimal failure keeps
     ttl: float = 0.0
+    dependents: list[ObjectId] = field(default_factory=list)  # as read at start (the filter checks them)
+
+    @property
+    def status(self) -> str | None:
+        return None if self.update is None else self.update["$set"].get("status")
+
+    @property
+    def guard(self) -> dict[str, Any]:
+        """The filter without its `dependents` condition."""
+        return {k: v for k, v in self.filter.items() if k != "dependents"}
 
     def operation(self) -> Any:
         if self.update is None:
@@ -199,8 +211,12 @@ class HeldJobs:
         if history is not None:
             docs.push_history(update, history)
         base = self._upsert_base(job, update)
-        return FinalWrite(job.id, job.key_id, job.running_queue, self.guard(job.id), update,
-                          upsert=not job.inserted, base=base, ttl=job.settings.default_ttl)
+        guard = self.guard(job.id)
+        dependents = list((job.data or {}).get("dependents") or ())
+        if job.inserted:  # a job queued meanwhile with depends_on on this one makes the write miss
+            guard.update(guard_for(dependents))
+        return FinalWrite(job.id, job.key_id, job.running_queue, guard, update, upsert=not job.inserted, base=base,
+                          ttl=job.settings.default_ttl, dependents=dependents)
 
     def remove(self, job: HeldJob) -> FinalWrite:
         """A status that is not stored (raw queues' `statuses_no_storage`) for a job whose start
@@ -236,11 +252,52 @@ class HeldJobs:
                     write(partial(self.store.jobs.bulk_write, [one.operation()]), "MongoDB status write")
                 except Refused as exc:
                     refused.append((one, str(exc)))
+        ended = [Ended(one.job_id, one.status or "", one.dependents) for one in batch
+                 if one.dependents and one.status in DEPENDENCY_ENDS]
         for one, reason in refused:
             self.store_refusal(one, reason)
-        if applied + len(refused) >= len(batch):
-            return {}
-        return self._waiting_again([one.job_id for one in batch if one.queue is not None])
+        moves: dict[str, tuple[str, float]] = {}
+        if applied + len(refused) < len(batch):
+            refused_ids = {one.job_id for one, _ in refused}
+            missed = [one for one in batch if one.queue is not None and one.job_id not in refused_ids]
+            missed_ids = {one.job_id for one in missed}
+            ended = [e for e in ended if e.job_id not in missed_ids]
+            ended.extend(self._ended_with_new_dependents(missed))
+            moves = self._waiting_again([one.job_id for one in missed])
+        # Before the ids are acknowledged: a crash here leaves them to recovery, which settles again.
+        if ended:
+            faultpoints.reached("before_settle")
+            settle(self.store, ended)
+        return moves
+
+    def _ended_with_new_dependents(self, missed: list[FinalWrite]) -> list[Ended]:
+        """Of writes that missed, those whose job is still ours: jobs queued with `depends_on` on
+        them since they started changed their `dependents`. Each is ended with a write that returns
+        the dependents to settle. (The others were applied by an attempt that failed on our side,
+        or are no longer ours.)"""
+        by_id = {one.job_id: one for one in missed}
+        still = write(lambda: [doc["_id"] for doc in self.store.jobs.find(
+            {"_id": {"$in": list(by_id)}, "status": STARTED, "worker": self.oid}, {"_id": 1})], "MongoDB status check")
+        ended: list[Ended] = []
+        for job_id in still:
+            one = by_id[job_id]
+            if one.update is None:
+                continue
+            update = one.update
+            try:
+                doc = write(partial(self.store.jobs.find_one_and_update, one.guard, update,
+                                    projection={"dependents": 1, "status": 1}, return_document=ReturnDocument.AFTER),
+                            "MongoDB status write")
+            except Refused as exc:
+                self.store_refusal(one, str(exc))
+                continue
+            if doc is not None and doc.get("status") in DEPENDENCY_ENDS:
+                ended.append(Ended(job_id, doc["status"], doc.get("dependents") or ()))
+        # Writes that did apply (a retried bulk): their dependents are settled too (idempotent).
+        for one in missed:
+            if one.job_id not in still and one.dependents and one.status in DEPENDENCY_ENDS:
+                ended.append(Ended(one.job_id, one.status or "", one.dependents))
+        return ended
 
     def _waiting_again(self, ids: list[ObjectId]) -> dict[str, tuple[str, float]]:
         """Of jobs whose final write did not match: those whose document says they wait again."""
@@ -284,8 +341,11 @@ class HeldJobs:
             if one.upsert:
                 update["$setOnInsert"] = dict(one.base)
             try:
-                write(partial(self.store.jobs.update_one, one.filter, update, upsert=one.upsert),
-                      "MongoDB status write")
+                doc = write(partial(self.store.jobs.find_one_and_update, one.guard, update, upsert=one.upsert,
+                                    projection={"dependents": 1}, return_document=ReturnDocument.AFTER),
+                            "MongoDB status write")
+                if doc is not None and doc.get("dependents"):
+                    settle(self.store, [Ended(one.job_id, FAILED, doc["dependents"])])
                 return
             except Refused as exc:
                 reason = str(exc)

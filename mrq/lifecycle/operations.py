@@ -27,9 +27,11 @@ from ..exceptions import InvalidStatusTransition, JobNotFound
 from ..queue import RegularQueue
 from ..storage.keys import validate_job_queue
 from . import documents as docs
+from .dependencies import DEPENDENCY_ENDS, Ended, settle
 from .policy import write
 from .statuses import (
     CANCEL,
+    CANCELLABLE_STATUSES,
     DEFAULT_QUEUE,
     DELAYED,
     FAILED,
@@ -37,8 +39,8 @@ from .statuses import (
     NOT_REQUEUABLE,
     QUEUED,
     RETRY,
-    STARTABLE_STATUSES,
     STARTED,
+    WAITING,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ def requeue_one(store: Store, job_id: ObjectId, queue: str | None = None, retry_
     now = utcnow()
     fields = {**docs.requeued_fields(now, validate_job_queue(queue) if queue else None), "retry_count": retry_count}
     before = store.jobs.find_one_and_update(
-        {"_id": job_id, "status": {"$ne": STARTED}},
+        {"_id": job_id, "status": {"$nin": [STARTED, WAITING]}},
         {"$set": fields, "$unset": docs.REQUEUED_UNSET},
         projection={"queue": 1, "status": 1},
         return_document=ReturnDocument.BEFORE,
@@ -86,6 +88,9 @@ def requeue_one(store: Store, job_id: ObjectId, queue: str | None = None, retry_
         found = store.jobs.find_one({"_id": job_id}, {"status": 1})
         if found is None:
             raise JobNotFound(job_id)
+        if found["status"] == WAITING:
+            raise InvalidStatusTransition(f"job {job_id} is waiting for its dependencies: it is queued when they end "
+                                          "(cancel it to drop it)")
         raise InvalidStatusTransition(f"job {job_id} is {found['status']}: nothing to requeue")
     was = before.get("queue") or DEFAULT_QUEUE
     target = RegularQueue(queue or was, store)
@@ -159,9 +164,10 @@ def cancel_one(store: Store, job_id: ObjectId) -> bool:
 
 
 def cancel_batch(store: Store, found: list[dict[str, Any]]) -> int:
-    """Cancel the waiting jobs among `found` (documents with `_id`, `path`, `queue`): one update
-    per cancel TTL, then their ids are marked cancelled in their queues (the dequeue drops them
-    without scanning the list). Returns how many were cancelled."""
+    """Cancel the jobs among `found` (documents with `_id`, `path`, `queue`) that have not
+    started: one update per cancel TTL, then their ids are marked cancelled in their queues (the
+    dequeue drops them without scanning the list), then the jobs waiting for them are cancelled
+    too (lifecycle/dependencies.py). Returns how many were cancelled."""
     now = utcnow()
     by_ttl: dict[float, list[ObjectId]] = defaultdict(list)
     for doc in found:
@@ -169,10 +175,16 @@ def cancel_batch(store: Store, found: list[dict[str, Any]]) -> int:
     changed = 0
     for ttl, ids in by_ttl.items():
         result = write(partial(
-            store.jobs.update_many, {"_id": {"$in": ids}, "status": {"$in": sorted(STARTABLE_STATUSES)}},
+            store.jobs.update_many, {"_id": {"$in": ids}, "status": {"$in": sorted(CANCELLABLE_STATUSES)}},
             {"$set": {"status": CANCEL, "dateupdated": now, "dateexpires": now + timedelta(seconds=ttl)}}),
             "MongoDB cancel")
         changed += result.modified_count
+    if changed:
+        ids = [doc["_id"] for doc in found]
+        waited_for = write(lambda: list(store.jobs.find(
+            {"_id": {"$in": ids}, "status": CANCEL, "dependents": {"$exists": True}}, {"dependents": 1})),
+            "MongoDB cancel")
+        settle(store, [Ended(doc["_id"], CANCEL, doc["dependents"]) for doc in waited_for])
     by_queue: dict[str, list[str]] = defaultdict(list)
     for doc in found:
         if isinstance(doc.get("queue"), str):
@@ -193,9 +205,9 @@ def act_on_matching(store: Store, action: str, query: dict[str, Any], *, queue: 
     changed."""
     asked = query.get("status")
     if action == "cancel":
-        allowed: Any = {"$in": sorted(STARTABLE_STATUSES if asked is None else
+        allowed: Any = {"$in": sorted(CANCELLABLE_STATUSES if asked is None else
                                       {s for s in ([asked] if isinstance(asked, str) else asked.get("$in", []))
-                                       if s in STARTABLE_STATUSES})}
+                                       if s in CANCELLABLE_STATUSES})}
     elif action in ("requeue", "requeue_retry"):
         allowed = _narrow(asked, {"$nin": list(NOT_REQUEUABLE)})
     else:
@@ -247,6 +259,10 @@ def take_back(store: Store, queue: str, dead_id: str, found: list[dict[str, Any]
                   "$inc": {"recoveries": 1}}
         docs.push_history(update, {**entry, "status": FAILED, "exceptiontype": "PoisonJob", "traceback": message})
         write(lambda: store.jobs.update_many({"_id": {"$in": poison}, **guard}, update), "MongoDB recovery")
+        waited_for = write(lambda: list(store.jobs.find(
+            {"_id": {"$in": poison}, "status": FAILED, "dependents": {"$exists": True}}, {"dependents": 1})),
+            "MongoDB recovery")
+        settle(store, [Ended(doc["_id"], FAILED, doc["dependents"]) for doc in waited_for], recovering=True)
     return requeue, poison
 
 
@@ -257,8 +273,12 @@ def recover_running(store: Store, queue: str, dead_id: str, ids: list[str], max_
     delayed set; anything else (finished, missing, started by another worker) -> dropped."""
     valid = [ObjectId(i) for i in ids if ObjectId.is_valid(i)]
     found = write(lambda: list(store.jobs.find(
-        {"_id": {"$in": valid}}, {"status": 1, "worker": 1, "dateretry": 1, "recoveries": 1})), "MongoDB recovery")
+        {"_id": {"$in": valid}}, {"status": 1, "worker": 1, "dateretry": 1, "recoveries": 1, "dependents": 1})),
+        "MongoDB recovery")
     requeued, poisoned = take_back(store, queue, dead_id, found, max_recoveries)
+    # Jobs it had ended but not acknowledged: it may have died before settling their dependents.
+    settle(store, [Ended(doc["_id"], doc["status"], doc["dependents"]) for doc in found
+                   if doc.get("dependents") and doc.get("status") in DEPENDENCY_ENDS], recovering=True)
     interrupted = [doc["_id"] for doc in found if doc.get("status") == INTERRUPT]
     if interrupted:
         now = utcnow()

@@ -25,8 +25,8 @@ from ..clock import utcnow
 from ..connections import store_error
 from ..exceptions import InvalidJob, StoreUnavailable
 from ..helpers import emit_metric
-from ..lifecycle import documents
-from ..lifecycle.statuses import DEFAULT_QUEUE, QUEUED
+from ..lifecycle import dependencies, documents
+from ..lifecycle.statuses import DEFAULT_QUEUE, QUEUED, WAITING
 from ..storage.keys import validate_job_queue, validate_queue_name
 from ..task.paths import load_task, validate_task_path
 from .base import Queue, queue_kind
@@ -41,6 +41,13 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024 - 64 * 1024
 #: mongod stores documents nested at most 180 levels (its manual promises 100); the job document
 #: is one level above its params.
 MAX_PARAMS_DEPTH = 179
+#: Fields a job document gets during its life (docs/storage.md): extra_fields may not set them.
+RESERVED_FIELDS = frozenset({
+    "_id", "path", "params", "queue", "status", "datequeued", "datestarted", "dateupdated", "datefinished",
+    "dateexpires", "dateretry", "raw_queue", "worker", "result", "traceback", "exceptiontype", "traceback_history",
+    "retry_count", "progress", "recoveries", "totaltime", "depends_on", "dependencies_ended", "dependents",
+    "on_dependency_failure",
+})
 
 
 
@@ -81,28 +88,75 @@ def resolve_queue(store: Store, path: str, queue: str | None) -> str:
     return validate_job_queue(name)
 
 
+def dependency_ids(depends_on: Any, on_failure: str = "cancel") -> list[ObjectId]:
+    """`depends_on` as a list of distinct ObjectIds (in order): ids, their hex strings, or Job
+    handles. Raises InvalidJob for anything else."""
+    if on_failure not in dependencies.ON_FAILURE:
+        raise InvalidJob(f"on_dependency_failure must be one of {', '.join(dependencies.ON_FAILURE)}, "
+                         f"got {on_failure!r}")
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, (str, bytes, ObjectId)) or not isinstance(depends_on, (Sequence, set, frozenset)):
+        depends_on = [depends_on]
+    found: dict[ObjectId, None] = {}
+    for item in depends_on:
+        item = getattr(item, "id", item)  # a Job handle
+        if isinstance(item, str) and ObjectId.is_valid(item):
+            item = ObjectId(item)
+        if not isinstance(item, ObjectId):
+            raise InvalidJob(f"depends_on must list job ids (ObjectIds or their 24-character hex strings), got "
+                             f"{item!r:.60}")
+        found[item] = None
+    if len(found) > dependencies.MAX_DEPENDENCIES:
+        raise InvalidJob(f"depends_on lists {len(found)} jobs; a job may wait for at most "
+                         f"{dependencies.MAX_DEPENDENCIES} (chain groups of jobs through one job instead)")
+    return list(found)
+
+
 def prepare_jobs(store: Store, path: str, params_list: Sequence[Mapping[str, Any]], queue: str | None,
-                 batch_size: int, ids: Sequence[ObjectId] | None) -> tuple[str, list[dict[str, Any]]]:
-    """Validate a queueing request (path, queue, params, ids) and build its job documents, without
-    touching a store: the queue and the documents to insert. Shared by queue_jobs and mrq.aio."""
+                 batch_size: int, ids: Sequence[ObjectId] | None, depends_on: Sequence[ObjectId] = (),
+                 on_dependency_failure: str = "cancel") -> tuple[str, list[dict[str, Any]]]:
+    """Validate a queueing request (path, queue, params, ids, dependencies as from
+    dependency_ids()) and build its job documents, without touching a store: the queue and the
+    documents to insert. Shared by queue_jobs and mrq.aio."""
     validate_task_path(path)
     queue = resolve_queue(store, path, queue)
     if queue_kind(queue) != "regular":
+        if depends_on:
+            raise InvalidJob(f"depends_on cannot be used on raw queue {queue!r}: a raw queue holds parameters, not "
+                             "job documents, so nothing there can wait for other jobs (use a regular queue)")
         raise InvalidJob(f"queue {queue!r} is a raw queue: use queue_raw_jobs() to put parameters on it")
     if batch_size < 1:
         raise InvalidJob("batch_size must be >= 1")
     params_list = list(params_list)
     if ids is not None and (len(ids) != len(params_list) or not all(isinstance(i, ObjectId) for i in ids)):
         raise InvalidJob("ids must be one ObjectId per params dict")
+    if ids is not None and depends_on and set(ids) & set(depends_on):
+        raise InvalidJob("depends_on names a job queued by this same call: a job cannot wait for itself (a cycle)")
     now = utcnow()
     docs = []
     for index, params in enumerate(params_list):
         if not isinstance(params, Mapping):
             raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
         doc = documents.new_job(ObjectId() if ids is None else ids[index], path, dict(params), queue, now)
+        if depends_on:
+            doc.update(documents.waiting_fields(list(depends_on), on_dependency_failure))
         _check_document(doc, index)
         docs.append(doc)
     return queue, docs
+
+
+def check_dependencies_exist(store: Store, depends_on: Sequence[ObjectId]) -> None:
+    """Every dependency must be a job in the store (a job cannot wait for one that will never end)."""
+    known: set[ObjectId] = set()
+    for start in range(0, len(depends_on), 1000):
+        chunk = list(depends_on[start:start + 1000])
+        known.update(doc["_id"] for doc in store.jobs.find({"_id": {"$in": chunk}}, {"_id": 1}))
+    missing = [i for i in depends_on if i not in known]
+    if missing:
+        raise InvalidJob(f"depends_on: no job {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                                                                 else "")
+                         + " in the store: it never existed, or ended and expired")
 
 
 def refused_batch(exc: pymongo.errors.BulkWriteError, start: int, earlier: int) -> InvalidJob:
@@ -137,16 +191,39 @@ def queue_jobs(
     *,
     store: Store | None = None,
     ids: Sequence[ObjectId] | None = None,
+    depends_on: Any = None,
+    on_dependency_failure: str = "cancel",
+    extra_fields: Mapping[str, Any] | None = None,
 ) -> list[ObjectId]:
     """Queue one job per params dict; returns their ids in order. One `insert_many` and one Redis
     pipeline per batch. Everything is validated before anything is stored.
+
+    `depends_on` (job ids, their hex strings or Job handles): each job waits (status `waiting`)
+    until every one of those ended, and is queued when they all ended `success`; when one ends
+    otherwise it is cancelled with the reason, or, with `on_dependency_failure="run"`, it runs
+    anyway. Not possible on raw queues. See docs/workflows.md.
+
+    `extra_fields`: more top-level fields for every document (mrq.workflow's `group`); they may
+    not replace a field mrq writes.
 
     `queue` defaults to the task's queue in TASKS, else "default". `store` defaults to the
     current context's (see mrq.context.setup_context). `ids` (one per params dict) are the job
     ids to use instead of new ones; a job whose id exists already is not queued again and is left
     out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
     store = store or _current_store()
-    queue, docs = prepare_jobs(store, path, params_list, queue, batch_size, ids)
+    waits_for = dependency_ids(depends_on, on_dependency_failure)
+    queue, docs = prepare_jobs(store, path, params_list, queue, batch_size, ids, waits_for, on_dependency_failure)
+    if extra_fields:
+        taken = [name for name in extra_fields if name in docs[0] or name in RESERVED_FIELDS] if docs else []
+        if taken:
+            raise InvalidJob(f"extra_fields may not set {', '.join(sorted(taken))}: mrq writes those")
+        for doc in docs:
+            doc.update(extra_fields)
+    if waits_for:
+        try:
+            check_dependencies_exist(store, waits_for)
+        except pymongo.errors.PyMongoError as exc:
+            raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
         batch = docs[start:start + batch_size]
@@ -157,13 +234,22 @@ def queue_jobs(
             if existing is None:
                 # The server refused a document (a validator, a limit): not an outage. Remove what
                 # this batch inserted so that the error means "these were not queued".
-                store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}, "status": QUEUED})
+                store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]},
+                                        "status": {"$in": [QUEUED, WAITING]}})
                 raise refused_batch(exc, start, len(queued)) from None
-            _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
+            known = [doc["_id"] for index, doc in enumerate(batch) if index in existing]
+            if waits_for:  # an earlier attempt may have stopped before registering them: again (idempotent)
+                dependencies.register(store, known, waits_for)
+            else:
+                _push_unpushed(store, queue, known)
             batch = [doc for index, doc in enumerate(batch) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
         batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
+        if waits_for:  # stored waiting: queued by the end of their dependencies, not pushed now
+            dependencies.register(store, batch_ids, waits_for)
+            queued.extend(batch_ids)
+            continue
         emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
         _push_ids(store, queue, batch_ids)
         queued.extend(batch_ids)
@@ -224,9 +310,13 @@ def _unavailable(what: str, uri: str, exc: BaseException, timeout: float | None 
 
 
 def queue_job(path: str, params: Mapping[str, Any], queue: str | None = None, *,
-              store: Store | None = None) -> ObjectId:
-    """Queue one job; returns its id (an ObjectId)."""
-    return queue_jobs(path, [params], queue=queue, store=store)[0]
+              store: Store | None = None, depends_on: Any = None, on_dependency_failure: str = "cancel",
+              job_id: ObjectId | None = None) -> ObjectId:
+    """Queue one job; returns its id (an ObjectId). `depends_on`: see queue_jobs. `job_id`: the
+    id to give it (a job with that id already stored is not queued again)."""
+    return queue_jobs(path, [params], queue=queue, store=store, depends_on=depends_on,
+                      on_dependency_failure=on_dependency_failure,
+                      ids=None if job_id is None else [job_id])[0]
 
 
 def _current_store() -> Store:

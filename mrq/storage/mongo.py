@@ -20,6 +20,7 @@ WORKERS = "mrq_workers"
 SCHEDULED_JOBS = "mrq_scheduled_jobs"
 ACTIONS = "mrq_actions"  # the dashboard's audit log: who did what, when, to how many jobs
 QUEUES = "mrq_queues"  # per-queue state that must survive Redis losing its data (paused)
+GROUPS = "mrq_groups"  # mrq.workflow groups: their size and callback
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ INDEXES: dict[str, list[Index]] = {
         Index([("exceptiontype", ASCENDING), ("_id", DESCENDING)], "exceptiontype_id", {"sparse": True}),
         # Retry jobs that are due (RequeueRetryJobs safety net).
         Index([("dateretry", ASCENDING)], "dateretry", {"sparse": True}),
+        # A group's members by status (its progress, its cancel, the dashboard's group page).
+        Index([("group", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)], "group_status_id",
+              {"sparse": True}),
+    ],
+    GROUPS: [
+        # A group goes when its jobs have (its dateexpires follows the longest job TTL).
+        Index([("dateexpires", ASCENDING)], "ttl_dateexpires", {"expireAfterSeconds": 0, "sparse": True}),
     ],
     LOGS: [
         Index([("job", ASCENDING), ("_id", ASCENDING)], "job_id", {"sparse": True}),

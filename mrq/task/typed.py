@@ -111,6 +111,8 @@ class TaskFunction(Generic[P, R]):
         self.settings = settings
         self._queue = queue
         self._store = store
+        self._depends_on: Any = None
+        self._on_dependency_failure = "cancel"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.__mrq_function__(*args, **kwargs)
@@ -118,12 +120,17 @@ class TaskFunction(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<task {self.path}>"
 
-    def using(self, *, queue: str | None = None, store: Store | None = None) -> TaskFunction[P, R]:
-        """The same task queued on another queue, or through another Store than the current one."""
+    def using(self, *, queue: str | None = None, store: Store | None = None, depends_on: Any = None,
+              on_dependency_failure: str | None = None) -> TaskFunction[P, R]:
+        """The same task queued on another queue, through another Store than the current one, or
+        waiting for other jobs (`depends_on`, `on_dependency_failure`: see queue_jobs):
+        `report.using(depends_on=[fetch_id]).queue(day="monday")`."""
         if queue is not None:
             validate_job_queue(queue)
         copy: TaskFunction[P, R] = TaskFunction(self.__mrq_function__, self.settings, queue=queue or self._queue,
                                                 store=store or self._store)
+        copy._depends_on = self._depends_on if depends_on is None else depends_on
+        copy._on_dependency_failure = on_dependency_failure or self._on_dependency_failure
         return copy
 
     def params(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -179,7 +186,8 @@ class TaskFunction(Generic[P, R]):
         params = self.params(*args, **kwargs)
         self._check_defined()
         try:
-            return queue_job(self.path, params, queue=self._queue, store=self._store)
+            return queue_job(self.path, params, queue=self._queue, store=self._store, depends_on=self._depends_on,
+                             on_dependency_failure=self._on_dependency_failure)
         except InvalidJob as exc:
             raise self._refused(exc, [params]) from None
 
@@ -189,9 +197,15 @@ class TaskFunction(Generic[P, R]):
         checked = [self._checked_params(params, index) for index, params in enumerate(params_list)]
         self._check_defined()
         try:
-            return queue_jobs(self.path, checked, queue=self._queue, batch_size=batch_size, store=self._store)
+            return queue_jobs(self.path, checked, queue=self._queue, batch_size=batch_size, store=self._store,
+                              depends_on=self._depends_on, on_dependency_failure=self._on_dependency_failure)
         except InvalidJob as exc:
             raise self._refused(exc, checked) from None
+
+    def _no_async_dependencies(self) -> None:
+        if self._depends_on:
+            raise InvalidJob(f"{self.path}: depends_on is not supported by the asyncio producer (mrq.aio) yet: "
+                             "queue it with .queue() (from a thread: asyncio.to_thread)")
 
     async def aqueue(self, *args: P.args, **kwargs: P.kwargs) -> ObjectId:
         """`queue` for asyncio code: through mrq.aio's connection (its current one)."""
@@ -199,6 +213,7 @@ class TaskFunction(Generic[P, R]):
 
         params = self.params(*args, **kwargs)
         self._check_defined()
+        self._no_async_dependencies()
         try:
             return await aio.queue_job(self.path, params, queue=self._queue)
         except InvalidJob as exc:
@@ -211,6 +226,7 @@ class TaskFunction(Generic[P, R]):
 
         checked = [self._checked_params(params, index) for index, params in enumerate(params_list)]
         self._check_defined()
+        self._no_async_dependencies()
         try:
             return await aio.queue_jobs(self.path, checked, queue=self._queue, batch_size=batch_size)
         except InvalidJob as exc:

@@ -1,0 +1,16 @@
+"""Named points at which a test freezes a real worker process (SIGSTOP), to kill it exactly there
+(`MRQ_TEST_STOP_AT=<name>[,<name>...]` in the worker's environment). Unset, a point costs one set
+lookup. tests/test_dependencies.py uses `before_settle`: a job's final status is stored, its
+dependents are not settled yet and its id is still in the worker's running set."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_ARMED = frozenset(name for name in os.environ.get("MRQ_TEST_STOP_AT", "").split(",") if name)
+
+
+def reached(name: str) -> None:
+    if name in _ARMED:
+        os.kill(os.getpid(), signal.SIGSTOP)
