@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from .procs import Processes
+from .procs import Processes, stop_groups
 from .report import aggregate, evaluate_targets, fmt, write_all
 from .servers import Stores
 from .systems import QUICK_PEER, SYSTEMS, Mode, System
@@ -44,12 +44,6 @@ EXIT_USAGE = 2
 #: Run kinds, the workloads each serves, and whether peers run it.
 KINDS = {"A": ("A", "E", "F"), "B": ("B",), "C": ("C",), "D": ("D",), "G2": ("G",), "G100k": ("G",)}
 MRQ_ONLY = {"G2", "G100k"}
-
-
-class Interrupted(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,14 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(names, workloads, QUICK if args.quick else FULL, repeat, Path(args.output), args, command)
 
     def interrupt(signum: int, _frame: Any) -> None:
-        raise Interrupted(signum)
+        # Ended from here, not by an exception raised wherever the run was: that could leave a
+        # driver's or a Popen's lock held and the cleanup waiting on it forever.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        os.write(1, f"interrupted by {name}: stopping every process this run started\n".encode())
+        runner.stop_everything()
+        os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return runner.run()
-    except Interrupted as exc:
-        runner.say(f"interrupted by {exc}: stopping every process this run started")
-        return 128 + exc.signum
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -174,6 +172,16 @@ class Runner:
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
+
+    def stop_everything(self) -> None:
+        """An interrupted run: every process group it started (peers' workers, the stores) gets
+        SIGTERM, then SIGKILL after 2 s; no lock is taken (this runs in a signal handler)."""
+        pgids = [proc.pid for proc in list(self.procs.procs)]
+        pgids += [server.proc.pid for server in (self.stores.redis_server, self.stores.mongo_server)
+                  if server is not None and server.proc is not None]
+        stop_groups(pgids)
+        if not self.failures:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def close(self) -> None:
         self.procs.close_all()

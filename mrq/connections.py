@@ -321,6 +321,14 @@ class Connections:
                 pool = getattr(self._redis, "connection_pool", None)
                 if pool is not None:
                     pool.disconnect()
+                # A cluster client's close() leaves the connections its pipelines took from each
+                # node's pool, and those to its startup nodes (CLUSTER SLOTS), open.
+                manager = getattr(self._redis, "nodes_manager", None)
+                for nodes in (getattr(manager, "startup_nodes", {}), getattr(manager, "nodes_cache", {})):
+                    for node in list(nodes.values()):
+                        if node.redis_connection is not None:
+                            node.redis_connection.close()
+                            node.redis_connection.connection_pool.disconnect()
             except Exception:
                 pass
             self._redis = None
