@@ -1,6 +1,7 @@
 """What the dashboard changes: cancel, requeue and abort one job, the same in bulk on a filter,
-pause and resume a queue, enqueue a job for HTTP producers. Every action except enqueueing is
-recorded in `mrq_actions` (who, from where, when, what, which filter, how many).
+cancel a workflow group, pause and resume a queue, enqueue a job for HTTP producers. Every action
+except enqueueing is recorded in `mrq_actions` (who, from where, when, what, which filter, how
+many).
 
 Single-job actions are `mrq.job.Job`'s own guarded transitions; bulk actions are the lifecycle's
 batch transitions (mrq.lifecycle.operations), BULK_BATCH jobs at a time: one `update_many` and
@@ -14,13 +15,15 @@ from typing import Any
 
 from bson import ObjectId
 
-from mrq.exceptions import InvalidStatusTransition
-from mrq.job import CANCEL, QUEUED, STARTABLE_STATUSES, STARTED, Job, queue_job
+from mrq.exceptions import InvalidStatusTransition, JobNotFound
+from mrq.job import CANCEL, QUEUED, Job, queue_job
 from mrq.lifecycle import operations
+from mrq.lifecycle.statuses import CANCELLABLE_STATUSES, NOT_REQUEUABLE
 from mrq.queue import pause_queue, resume_queue
 from mrq.storage import mongo
 from mrq.store import Store
 from mrq.task import defined_in_source
+from mrq.workflow import Group
 
 from .formatting import utcnow
 from .jobfilter import BadInput, JobFilter
@@ -36,6 +39,14 @@ class Conflict(Exception):
 
 class Forbidden(Exception):
     """The configuration does not allow this (HTTP 403)."""
+
+
+class GroupNotFound(Exception):
+    """No `mrq_groups` record with this id (HTTP 404)."""
+
+    def __init__(self, group_id: ObjectId) -> None:
+        super().__init__(f"no group with id {str(group_id)!r}")
+        self.group_id = group_id
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,20 @@ class Actions:
         self.record(actor, "abort", target=str(job_id), count=1)
         return {"id": job_id, "requested": True, "workers": receivers}
 
+    # --- a workflow group ----------------------------------------------------------------------------
+
+    def cancel_group(self, actor: Actor, group_id: ObjectId) -> dict[str, Any]:
+        """`Group.cancel()`: every member that has not started, and the callback (members already
+        running finish). Recorded with how many jobs it cancelled, 0 included."""
+        group = Group(group_id, self.store)
+        try:
+            group.fetch()
+        except JobNotFound:
+            raise GroupNotFound(group_id) from None
+        cancelled = group.cancel()
+        self.record(actor, "cancel group", target=str(group_id), count=cancelled)
+        return {"id": group_id, "cancelled": cancelled}
+
     # --- queues -------------------------------------------------------------------------------------------
 
     def pause(self, actor: Actor, queue: str, paused: bool) -> dict[str, Any]:
@@ -107,20 +132,20 @@ class Actions:
         """The filter narrowed to the jobs the action applies to (None: it applies to none)."""
         if action not in BULK_ACTIONS:
             raise BadInput(f"unknown bulk action {action[:40]!r} (known: {', '.join(BULK_ACTIONS)})")
-        applicable = set(STARTABLE_STATUSES) if action == "cancel" else None
         wanted = flt.query.get("status")
         asked = None if wanted is None else {wanted} if isinstance(wanted, str) else set(wanted["$in"])
         query = dict(flt.query)
-        if action == "cancel":
-            statuses = applicable if asked is None else (asked & set(STARTABLE_STATUSES))
-        else:
-            statuses = None if asked is None else (asked - {QUEUED, STARTED})
+        statuses: set[str] | None
+        if action == "cancel":  # jobs that have not started, waiting ones included (and what waits for them)
+            statuses = set(CANCELLABLE_STATUSES) if asked is None else (asked & CANCELLABLE_STATUSES)
+        else:  # never a queued, running or waiting job (requeueing that one would ignore its dependencies)
+            statuses = None if asked is None else (asked - set(NOT_REQUEUABLE))
         if statuses is not None and not statuses:
             return None
         if statuses is not None:
             query["status"] = {"$in": sorted(statuses)}
         else:
-            query["status"] = {"$nin": [QUEUED, STARTED]}
+            query["status"] = {"$nin": list(NOT_REQUEUABLE)}
         return query
 
     def preview(self, action: str, flt: JobFilter) -> Count:

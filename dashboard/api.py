@@ -14,16 +14,21 @@ from mrq.job import to_object_id
 from mrq.joblogs import read_job_logs
 
 from .formatting import jsonable, last_line
-from .jobfilter import BadInput, object_id, parse_job_filter, parse_page
+from .jobfilter import FIELDS, BadInput, object_id, parse_job_filter, parse_page
 from .openapi import openapi_document
 from .queries import MAX_QUEUE_PAGE, QUEUE_PAGE
 from .state import actor, state
+from .workflows import dependencies, group_view, member_args
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
 
 def job_id_arg(value: str) -> ObjectId:
     return to_object_id(value)  # JobNotFound (404) for anything that is not an id
+
+
+def group_id_arg(value: str) -> ObjectId:
+    return object_id(value, "group id")  # BadInput (400) for anything that is not an id
 
 
 def json_body(optional: bool = False) -> dict[str, Any]:
@@ -149,7 +154,8 @@ def job(job_id: str) -> Response:
     doc = state().reader.job(oid)
     if doc is None:
         raise JobNotFound(oid)
-    return jsonify(job_json(doc))
+    # The jobs it waits for and that wait for it, SHOWN of each at most (dashboard/workflows.py).
+    return jsonify({**job_json(doc), **dependencies(state().store, doc).as_json()})
 
 
 @api.get("/jobs/<job_id>/logs")
@@ -191,7 +197,7 @@ def bulk(action: str) -> Response:
     raw_filter = body.get("filter", {})
     if not isinstance(raw_filter, dict):
         raise BadInput("filter: expected a JSON object of job filter fields")
-    unknown = sorted(set(raw_filter) - {"id", "queue", "status", "path", "worker", "exceptiontype", "from", "to"})
+    unknown = sorted(set(raw_filter) - set(FIELDS))
     if unknown:
         raise BadInput(f"filter: unknown field {unknown[0][:40]!r}")
     actions = state().actions
@@ -201,6 +207,27 @@ def bulk(action: str) -> Response:
         return jsonify({"action": action, "dry_run": True, "count": count.as_dict(), "filter": flt.values,
                         "needs_confirm_all": flt.empty})
     return jsonify(actions.bulk(actor(), action, flt, confirm_all=body.get("confirm_all") is True))
+
+
+# --- workflow groups ----------------------------------------------------------------------------------
+
+
+@api.get("/groups/<group_id>")
+def group(group_id: str) -> Response:
+    oid = group_id_arg(group_id)
+    flt, page = member_args(request.args, oid)
+    view = group_view(state().reader, oid, flt, page)
+    members = view.members
+    return jsonify({"id": oid, "size": view.progress["total"], "datecreated": view.record.get("datecreated"),
+                    "dateexpires": view.record.get("dateexpires"), "progress": view.progress,
+                    "callback": view.callback_json(), "cancellable": view.cancellable,
+                    "members": {"jobs": [job_json(doc) for doc in members.jobs], "next": members.next,
+                                "prev": members.prev, "filter": flt.values}})
+
+
+@api.post("/groups/<group_id>/cancel")
+def cancel_group(group_id: str) -> Response:
+    return jsonify(state().actions.cancel_group(actor(), group_id_arg(group_id)))
 
 
 # --- workers, scheduler, statistics, audit --------------------------------------------------------------

@@ -23,7 +23,7 @@ from mrq.job import ALL_STATUSES
 from mrq.store import Store
 from mrq.version import __version__
 
-from .actions import Actions, Conflict, Forbidden
+from .actions import Actions, Conflict, Forbidden, GroupNotFound
 from .formatting import FILTERS, JSONProvider
 from .jobfilter import BadInput
 from .queries import Reader, TTLCache
@@ -35,7 +35,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 NAV = (("pages.overview", "Overview"), ("pages.jobs", "Jobs"), ("pages.workers", "Workers"),
        ("pages.scheduled", "Scheduled"), ("pages.taskpaths", "Task paths"), ("pages.exceptions", "Exceptions"),
        ("pages.actions", "Actions"))
-ERROR_GROUPS = {"errors": "failed,maxretries,timeout", "not finished": "queued,started,retry,delayed"}
+ERROR_GROUPS = {"errors": "failed,maxretries,timeout", "not finished": "waiting,queued,started,retry,delayed"}
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None, cache_seconds: float = 5.0,
@@ -127,6 +127,10 @@ def register_error_handlers(app: Flask, settings: Settings) -> None:
     @app.errorhandler(JobNotFound)
     def not_found(exc: JobNotFound) -> Response:
         return answer(404, f"no job with id {str(exc.job_id)[:60]!r}")
+
+    @app.errorhandler(GroupNotFound)
+    def group_not_found(exc: GroupNotFound) -> Response:
+        return answer(404, f"no group with id {str(exc.group_id)!r}")
 
     @app.errorhandler(Conflict)
     def conflict(exc: Conflict) -> Response:

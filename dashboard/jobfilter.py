@@ -2,10 +2,10 @@
 serves, with a one-line reason for anything malformed (`BadInput`, answered with 400).
 
 Fields: `id`, `queue` (`name/` = every subqueue of name), `status` (comma separated), `path`
-(`prefix*` or `prefix.` = every task under a dotted prefix), `worker` (id or name),
-`exceptiontype`, `from` / `to` (queued between these UTC dates: a range of `_id`, since a job id
-starts with its creation time). The same filter drives the jobs list, its count and the bulk
-actions.
+(`prefix*` or `prefix.` = every task under a dotted prefix), `worker` (id or name), `group` (the
+members of a `mrq.workflow` group, by its id), `exceptiontype`, `from` / `to` (queued between
+these UTC dates: a range of `_id`, since a job id starts with its creation time). The same filter
+drives the jobs list, its count and the bulk actions.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mrq.storage.keys import validate_queue_name
 if TYPE_CHECKING:
     from mrq.store import Store
 
-FIELDS = ("id", "queue", "status", "path", "worker", "exceptiontype", "from", "to")
+FIELDS = ("id", "queue", "status", "path", "worker", "group", "exceptiontype", "from", "to")
 SORTS = ("newest", "oldest")
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
@@ -138,6 +138,11 @@ def parse_job_filter(args: Mapping[str, Any], store: Store | None = None) -> Job
                    .sort("_id", -1).limit(MAX_WORKER_IDS)]
             query["worker"] = {"$in": ids}
         values["worker"] = worker
+
+    group = _text(args, "group")
+    if group:
+        query["group"] = object_id(group, "group")  # the `group_status_id` index
+        values["group"] = group
 
     exceptiontype = _text(args, "exceptiontype")
     if exceptiontype:

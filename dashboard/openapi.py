@@ -30,8 +30,32 @@ JOB: Schema = {
         "datestarted": {"type": "string", "format": "date-time"},
         "datefinished": {"type": "string", "format": "date-time"},
         "totaltime": {"type": "number"},
+        "depends_on": {"type": "array", "items": ID, "description": "The jobs it waits for, in order."},
+        "dependencies_ended": {"type": "array", "items": ID, "description": "Those of depends_on that ended."},
+        "on_dependency_failure": {"type": "string", "enum": ["run"], "description": "Absent: cancel."},
+        "dependents": {"type": "array", "items": ID, "description": "The jobs that wait for it."},
+        "group": {**ID, "description": "The workflow group it is a member of."},
+        "group_callback": {**ID, "description": "The workflow group it is the callback of."},
     },
     "additionalProperties": True,
+}
+RELATED_JOB: Schema = {"type": "object", "properties": {
+    "id": ID, "status": {"type": ["string", "null"], "description": "null: no longer stored"},
+    "path": {"type": ["string", "null"]}, "ended": {"type": "boolean", "description": "In dependencies_ended."}}}
+JOB_DETAIL: Schema = {
+    **JOB,
+    "description": "Every stored field of the job (docs/storage.md), with `id` and `error`, and the jobs it waits "
+                   "for and that wait for it: the first 100 of each, with their status, and how many more.",
+    "properties": {
+        **JOB["properties"],
+        "waits_for": {"type": ["object", "null"], "properties": {
+            "total": {"type": "integer"}, "ended": {"type": "integer"}, "more": {"type": "integer"},
+            "on_dependency_failure": {"type": "string", "enum": ["cancel", "run"]},
+            "jobs": {"type": "array", "items": RELATED_JOB, "maxItems": 100}}},
+        "waited_for_by": {"type": ["object", "null"], "properties": {
+            "total": {"type": "integer"}, "more": {"type": "integer"},
+            "jobs": {"type": "array", "items": RELATED_JOB, "maxItems": 100}}},
+    },
 }
 FILTER_FIELDS: dict[str, str] = {
     "id": "A job id.",
@@ -39,6 +63,7 @@ FILTER_FIELDS: dict[str, str] = {
     "status": f"One status or several, comma separated ({', '.join(ALL_STATUSES)}).",
     "path": "A task path; `prefix*` or `prefix.` matches every task under a dotted prefix.",
     "worker": "A worker id or name.",
+    "group": "A workflow group's id: its members.",
     "exceptiontype": "The exception class name of the last error.",
     "from": "Queued at or after this UTC date or datetime (2024-05-01, 2024-05-01T12:30).",
     "to": "Queued before this UTC datetime (a date alone includes that whole day).",
@@ -69,11 +94,11 @@ def body(schema: Schema, required: bool = True) -> Schema:
 
 
 def operation(summary: str, ok: Schema, *, params: list[Schema] | None = None, request: Schema | None = None,
-              errors: tuple[int, ...] = (), action: bool = False, status: str = "200") -> Schema:
+              errors: tuple[int, ...] = (), action: bool = False, status: str = "200", missing: str = "job") -> Schema:
     responses: Schema = {status: ok}
     reasons = {400: "Malformed input (the message says why).", 401: "Authentication required.",
                403: "Refused: read-only dashboard, CSRF check, or not allowed by the configuration.",
-               404: "No such job.", 409: "The job is not in a status this action applies to.",
+               404: f"No such {missing}.", 409: "The job is not in a status this action applies to.",
                503: "MongoDB or Redis cannot be reached."}
     codes = {*errors, 401, 503} | ({400, 403} if action else set())
     for code in sorted(codes):
@@ -87,6 +112,7 @@ def operation(summary: str, ok: Schema, *, params: list[Schema] | None = None, r
 
 
 JOB_ID = path_param("job_id", "The job id (24 hexadecimal characters).")
+GROUP_ID = path_param("group_id", "The group id (24 hexadecimal characters; anything else is a 400).")
 QUEUE = path_param("name", "The queue name (subqueues contain '/').")
 PAGE_PARAMS = [
     *(query(k, v) for k, v in FILTER_FIELDS.items()),
@@ -100,7 +126,22 @@ PAGE_PARAMS = [
 def paths() -> Schema:
     cursor: Schema = {"type": ["string", "null"]}
     listed = {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}, "next": cursor,
-                                               "prev": cursor, "count": COUNT, "filter": ANY_OBJECT}}
+                                               "prev": cursor, "count": COUNT, "filter": ANY_OBJECT},
+              "description": "List rows leave out traceback, traceback_history, result and the dependency lists."}
+    group = {"type": "object", "properties": {
+        "id": ID, "size": {"type": "integer"}, "datecreated": {"type": "string", "format": "date-time"},
+        "dateexpires": {"type": "string", "format": "date-time"},
+        "progress": {"type": "object", "properties": {
+            "total": {"type": "integer"}, "ended": {"type": "integer"},
+            "by_status": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+        "callback": {"type": ["object", "null"], "properties": {
+            "id": ID, "stored": {"type": "boolean"}, "status": {"type": ["string", "null"]},
+            "path": {"type": ["string", "null"]}, "queue": {"type": ["string", "null"]},
+            "summary": {"type": ["string", "null"], "description": "Its result on one line (300 characters)."},
+            "error": {"type": ["object", "null"]}}},
+        "cancellable": {"type": "boolean", "description": "A member or the callback has not started."},
+        "members": {"type": "object", "properties": {"jobs": {"type": "array", "items": JOB}, "next": cursor,
+                                                     "prev": cursor, "filter": ANY_OBJECT}}}}
     return {
         "/api/overview": {"get": operation(
             "Queues, counts by status, workers and throughput of the last hour.",
@@ -129,7 +170,8 @@ def paths() -> Schema:
                     "on_dependency_failure": {"type": "string", "enum": ["cancel", "run"]}}})),
         },
         "/api/jobs/{job_id}": {"get": operation(
-            "One job: status, result, error, timings, params, traceback history.", json_response("The job", JOB),
+            "One job: status, result, error, timings, params, traceback history, the jobs it waits for and "
+            "that wait for it (100 of each at most).", json_response("The job", JOB_DETAIL),
             params=[JOB_ID], errors=(404,))},
         "/api/jobs/{job_id}/logs": {"get": operation(
             "The job's log lines, or those after a cursor (poll with `after` = the last answer's `last`).",
@@ -137,7 +179,8 @@ def paths() -> Schema:
                 "text": {"type": "string"}, "last": {"type": ["string", "null"]}, "stored": {"type": "boolean"}}}),
             params=[JOB_ID, query("after", "The `last` of the previous answer.")], errors=(400, 404))},
         "/api/jobs/{job_id}/cancel": {"post": operation(
-            "Cancel a queued job.", json_response("Cancelled", ANY_OBJECT), params=[JOB_ID], errors=(404, 409),
+            "Cancel a job that has not started (queued, waiting, retry, delayed), and what waits for it.",
+            json_response("Cancelled", ANY_OBJECT), params=[JOB_ID], errors=(404, 409),
             action=True)},
         "/api/jobs/{job_id}/requeue": {"post": operation(
             "Queue a finished job again (failed, cancelled, interrupted...), optionally on another queue.",
@@ -147,12 +190,25 @@ def paths() -> Schema:
             "Ask the worker running the job to stop it now (status abort).", json_response("Requested", ANY_OBJECT),
             params=[JOB_ID], errors=(404, 409), action=True)},
         "/api/bulk/{action}": {"post": operation(
-            "Cancel or requeue every job matching a filter. With dry_run, only count them. An empty filter "
-            "is refused unless confirm_all is true.",
+            "Cancel (jobs that have not started, waiting ones included) or requeue (jobs neither queued, running "
+            "nor waiting) every job matching a filter. With dry_run, only count them. An empty filter is refused "
+            "unless confirm_all is true.",
             json_response("Counted or done", ANY_OBJECT), action=True,
             params=[path_param("action", "cancel or requeue")],
             request=body({"type": "object", "properties": {"filter": FILTER, "dry_run": {"type": "boolean"},
                                                             "confirm_all": {"type": "boolean"}}}))},
+        "/api/groups/{group_id}": {"get": operation(
+            "A workflow group: size, progress (members ended, counts by status), its callback (status, result "
+            "summary, error) and a keyset page of its members (in the group's order unless sort says otherwise).",
+            json_response("The group", group), missing="group", errors=(400, 404), params=[
+                GROUP_ID, query("status", "Members in these statuses only (comma separated)."),
+                *PAGE_PARAMS[len(FILTER_FIELDS):]])},
+        "/api/groups/{group_id}/cancel": {"post": operation(
+            "Cancel every member that has not started, and the callback (running members finish). Recorded in "
+            "the audit log as `cancel group`.",
+            json_response("Cancelled", {"type": "object", "properties": {
+                "id": ID, "cancelled": {"type": "integer", "description": "Jobs cancelled, the callback included."}}}),
+            params=[GROUP_ID], errors=(404,), missing="group", action=True)},
         "/api/workers": {"get": operation(
             "Worker reports with their state (alive, dead, stopped).", json_response("Workers", ANY_OBJECT),
             params=[query("all", "1 to include workers stopped more than an hour ago.")])},
@@ -186,7 +242,7 @@ def openapi_document() -> Schema:
         },
         "paths": paths(),
         "components": {
-            "schemas": {"Error": ERROR, "Job": JOB, "Filter": FILTER},
+            "schemas": {"Error": ERROR, "Job": JOB, "JobDetail": JOB_DETAIL, "Filter": FILTER},
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
                                 "bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -12,15 +12,17 @@ from typing import Any
 from flask import Blueprint, render_template, request, url_for
 
 from mrq.exceptions import JobNotFound
-from mrq.job import FINAL_STATUSES, QUEUED, STARTABLE_STATUSES, STARTED, to_object_id
+from mrq.job import FINAL_STATUSES, STARTED, to_object_id
 from mrq.joblogs import read_job_logs
+from mrq.lifecycle.statuses import CANCELLABLE_STATUSES, NOT_REQUEUABLE
 from mrq.queue import queue_names_page
 
-from .api import queue_page_args
+from .api import group_id_arg, queue_page_args
 from .chart import throughput_chart
 from .jobfilter import object_id, parse_job_filter, parse_page
 from .queries import EXCEPTIONS_SAMPLE, QUEUE_PAGE, TASK_PATHS_SAMPLE
 from .state import state
+from .workflows import dependencies, group_of, group_view, member_args
 
 pages = Blueprint("pages", __name__)
 
@@ -29,12 +31,12 @@ def render(template: str, title: str, **context: Any) -> str:
 
 
 def job_actions(doc: dict[str, Any]) -> list[str]:
-    """The actions that apply to a job in its status."""
+    """The actions that apply to a job in its status (a waiting job can be cancelled, not requeued)."""
     status = doc.get("status")
     found = []
-    if status in STARTABLE_STATUSES:
+    if status in CANCELLABLE_STATUSES:
         found.append("cancel")
-    if status not in (QUEUED, STARTED):
+    if status not in NOT_REQUEUABLE:
         found.append("requeue")
     if status == STARTED:
         found.append("abort")
@@ -68,7 +70,7 @@ def jobs() -> str:
     }
     return render("jobs.html", "Jobs", found=found, flt=flt, page=page, count=reader.count_jobs(flt),
                   worker_names=names, links=links, queues=queue_names_page(reader.store, limit=QUEUE_PAGE),
-                  args=request.args, actions_for=job_actions, filter_json=json.dumps(flt.values))
+                  args=request.args, actions_for=job_actions, filter_json=json.dumps(flt.values), group_of=group_of)
 
 
 @pages.get("/jobs/<job_id>")
@@ -91,7 +93,24 @@ def job(job_id: str) -> str:
         else None
     return render("job.html", f"Job {oid}", job=doc, worker_names=names, logs_text=logs_text, logs_last=logs_last,
                   logs_stored=logs_stored, actions=job_actions(doc), final=doc.get("status") in FINAL_STATUSES,
-                  command=command, waited=waited)
+                  command=command, waited=waited, deps=dependencies(reader.store, doc))
+
+
+@pages.get("/groups/<group_id>")
+def group(group_id: str) -> str:
+    reader = state().reader
+    oid = group_id_arg(group_id)
+    flt, page = member_args(request.args, oid)
+    view = group_view(reader, oid, flt, page)
+    members = view.members
+    names = reader.worker_names([doc.get("worker") for doc in members.jobs])
+    base: dict[str, Any] = {k: v for k, v in request.args.items() if k not in ("after", "before") and v}
+    links = {"previous": url_for("pages.group", group_id=str(oid), **base, before=str(members.prev))
+             if members.prev else None,
+             "next": url_for("pages.group", group_id=str(oid), **base, after=str(members.next))
+             if members.next else None}
+    return render("group.html", f"Group {oid}", view=view, worker_names=names, links=links, page=page,
+                  actions_for=job_actions, group_of=lambda _doc: None)  # no group link on its own page
 
 
 @pages.get("/workers")

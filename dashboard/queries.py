@@ -36,8 +36,10 @@ from .jobfilter import JobFilter, Page, keyset_query
 
 T = TypeVar("T")
 
-#: Fields left out of list rows (they can be large; the job page shows them).
-LIST_PROJECTION = {"traceback": 0, "traceback_history": 0, "result": 0}
+#: Fields left out of list rows (they can be large; the job page shows them): the dependency lists
+#: hold up to 10,000 ids each (a group's callback waits for every member).
+LIST_PROJECTION = {"traceback": 0, "traceback_history": 0, "result": 0, "depends_on": 0, "dependencies_ended": 0,
+                   "dependents": 0}
 #: Statuses counted as failures in rates and charts.
 FAILURE_STATUSES = ("failed", "maxretries", "timeout")
 RATE_WINDOW_MINUTES = 5
@@ -374,14 +376,15 @@ def number_in(doc: dict[str, Any], key: str, field_name: str) -> float:
 
 
 def sorted_read(query: dict[str, Any]) -> dict[str, Any]:
-    """The query, made to read newest-first from an index: the (queue|path|worker, status, _id)
-    indexes give `_id` order only per status, so a queue, path or worker without a status lists every status
-    (MongoDB then merges the per-status ranges instead of sorting every matching job)."""
+    """The query, made to read newest-first from an index: the (queue|path|worker|group, status, _id)
+    indexes give `_id` order only per status, so a queue, path, worker or group without a status lists every
+    status (MongoDB then merges the per-status ranges instead of sorting every matching job)."""
     if "status" in query or isinstance(query.get("_id"), ObjectId):
         return query
     worker = query.get("worker")
     if isinstance(query.get("queue"), str) or isinstance(query.get("path"), str) or isinstance(worker, ObjectId) or \
-            (isinstance(worker, dict) and isinstance(worker.get("$in"), list)):
+            (isinstance(worker, dict) and isinstance(worker.get("$in"), list)) or \
+            isinstance(query.get("group"), ObjectId):
         return {**query, "status": {"$in": list(ALL_STATUSES)}}
     return query
 

@@ -30,6 +30,7 @@ from mrq.store import Store
 from mrq.testing.pytest_plugin import PROJECT_ROOT, drop_jobs_database, jobs_database_uri
 from mrq.testing.stack import free_port
 from mrq.testing.workers import CommandProcess, WorkerProcess, wait_until
+from mrq.workflow import group
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -370,6 +371,58 @@ def test_hostile_strings_are_shown_as_text_and_never_run(live: Live, watched: Wa
     page = open_page(watched, "/")
     page.get_by_text(SCRIPT).first.wait_for()
     check_nothing_ran(page, "overview")
+
+
+def test_a_group_page_shows_progress_and_the_callback_and_cancels_by_clicking(live: Live, watched: Watched) -> None:
+    store = live.store
+    square, total = "tests.tasks.workflow.Square", "tests.tasks.workflow.Total"
+    done = group([(square, {"n": n}, "browser") for n in range(4)], then=(total, {}, "browser"), store=store)
+    done.wait(timeout=30)
+    page = open_page(watched, f"/groups/{done.id}")
+    page.locator(".progress-text").get_by_text("4 of 4").wait_for()
+    assert page.locator(".group-head progress").get_attribute("value") == "4"
+    assert page.locator("#callback").get_attribute("data-status") == "success"
+    page.locator("#callback .result").get_by_text('"sum": 14').wait_for()  # 0 + 1 + 4 + 9, from the worker
+    assert page.locator("table.jobs tbody tr[data-status='success']").count() == 4
+    assert page.locator("button.btn-cancel-group").count() == 0  # nothing left to cancel
+    page.screenshot(path=str(ARTIFACTS / "dashboard-group.png"), full_page=True)
+
+    # A group whose worker ran some members while the others wait on a queue no worker serves.
+    mixed = group([(square, {"n": n}, "browser") for n in range(3)] + [(square, {"n": n}, "held-group")
+                                                                       for n in range(3)],
+                  then=(total, {}, "browser"), store=store)
+    members = mixed.member_ids()
+    callback = mixed.callback
+    assert callback is not None
+    for job_id in members[:3]:
+        wait_final(store, job_id)
+    page = open_page(watched, f"/jobs?id={callback.id}")
+    waiting = page.locator(f"tr[data-job='{callback.id}'][data-status='waiting'] .status-waiting")
+    assert waiting.evaluate("el => getComputedStyle(el).borderTopStyle") == "dashed"  # a style of its own
+    page = open_page(watched, f"/jobs/{callback.id}")  # what the callback waits for, with their statuses
+    page.locator("#waits-for h2").get_by_text("3 of 6 ended").wait_for()
+    assert page.locator("#waits-for tr[data-status='success']").count() == 3
+    assert page.locator("#waits-for tr[data-status='queued']").count() == 3
+    page.screenshot(path=str(ARTIFACTS / "dashboard-group-callback.png"), full_page=True)
+    page = open_page(watched, f"/groups/{mixed.id}")
+    mark_document(page)
+    page.locator(".progress-text").get_by_text("3 of 6").wait_for()
+    assert page.locator("#callback").get_attribute("data-status") == "waiting"
+    assert page.locator("table.jobs tbody tr[data-status='queued']").count() == 3
+    button = page.locator("button.btn-cancel-group")
+    button.click()
+    page.get_by_text("Cancel group? Click again").wait_for()
+    page.wait_for_timeout(2500)  # a live refresh (every 2 s) keeps the armed button
+    assert Job(members[3], store).fetch().status == "queued"  # one click does nothing
+    button.click()
+    page.locator("#flash").get_by_text(f"group {mixed.id}: 4 jobs cancelled").wait_for()
+    page.locator(".progress-text").get_by_text("6 of 6").wait_for()
+    page.locator("#callback[data-status='cancel']").wait_for()
+    page.locator("table.jobs tbody tr[data-status='cancel']").nth(2).wait_for()
+    assert page.locator("table.jobs tbody tr[data-status='success']").count() == 3
+    assert page.locator("button.btn-cancel-group").count() == 0 and same_document(page)
+    assert [Job(i, store).fetch().status for i in [*members, callback.id]] == ["success"] * 3 + ["cancel"] * 4
+    page.screenshot(path=str(ARTIFACTS / "dashboard-group-cancelled.png"), full_page=True)
 
 
 def check_nothing_ran(page: Page, where: str) -> None:

@@ -198,12 +198,14 @@ FILTERS = [
     "worker=host-3", "worker={worker}&status=success", "exceptiontype=KeyError",
     "exceptiontype=ValueError&status=failed", "from={day}", "from={day}&to={day}", "to={day}&status=cancel",
     "queue=q2&path=tasks.t1.Run", "queue=q0&exceptiontype=TimeoutError", "path=tasks.t2.Run&from={day}",
-    "id={id}", "worker=nobody", "queue=nothing/",
+    "id={id}", "worker=nobody", "queue=nothing/", "group={id}", "group={id}&status=failed,queued",
+    "group={id}&path=tasks.t1.Run",
 ]
 SCALE_FILTERS = [
     "", "queue=crawl/", "worker=host-3", "status=failed,queued,started", "queue=crawl/site42",
     "queue=q1&status=success", "path=tasks.t3.Run", "path=reports.", "exceptiontype=KeyError",
     "queue=q2&path=tasks.t1.Run", "id={id}", "to={day}&status=cancel", "worker={worker}&status=failed",
+    "group={id}",
 ]
 PREFIX = re.compile(r"(queue=[^&]*/|path=[^&]*[.*])(&|$)")
 

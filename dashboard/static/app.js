@@ -29,6 +29,7 @@
     var live = liveRegion();
     if (!live) { return Promise.resolve(); }
     if (refreshing) { again = true; return Promise.resolve(); }  /* an action happened meanwhile */
+    if (live.querySelector("button.armed")) { return Promise.resolve(); }  /* waiting for the second click */
     refreshing = true;
     return fetch(window.location.href, { headers: { "X-Mrq-Partial": "1" }, credentials: "same-origin" })
       .then(function (response) { return response.text(); })
@@ -91,6 +92,7 @@
     if (!result.ok) { return d.error || ("request failed (" + result.status + ")"); }
     if (d.queue !== undefined && d.paused !== undefined) { return "queue " + d.queue + (d.paused ? " paused" : " resumed"); }
     if (d.requested) { return "abort requested for job " + d.id; }
+    if (d.cancelled !== undefined) { return "group " + d.id + ": " + d.cancelled + " job" + (d.cancelled === 1 ? "" : "s") + " cancelled"; }
     if (d.id && d.status) { return "job " + d.id + ": " + d.status; }
     return "done";
   }
@@ -109,6 +111,10 @@
         if (button.dataset.label) { button.textContent = button.dataset.label; }
       }, 4000);
       return;
+    }
+    if (button.classList.contains("armed")) {  /* the second click: the live refresh may resume */
+      button.classList.remove("armed");
+      if (button.dataset.label) { button.textContent = button.dataset.label; }
     }
     button.disabled = true;
     post(button.getAttribute("data-action"), {}).then(function (result) {
