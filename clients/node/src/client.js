@@ -351,7 +351,8 @@ export function prepareJobs(path, paramsList, options) {
   const queue = validateJobQueue(options.queue ?? DEFAULT_QUEUE);
   const kind = queueKind(queue);
   if (kind !== 'regular') {
-    throw new InvalidJob(`queue '${queue}' is a raw queue (its name ends in _${kind}): it takes raw parameters for ` +
+    const whose = queue.includes('/') ? 'its root name ends' : 'its name ends';
+    throw new InvalidJob(`queue '${queue}' is a raw queue (${whose} in _${kind}): it takes raw parameters for ` +
       "a worker's RAW_QUEUES entry, not jobs (Python: queue_raw_jobs()). Queue jobs on a regular queue");
   }
   const batchSize = options.batchSize ?? 1000;

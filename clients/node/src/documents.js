@@ -53,11 +53,11 @@ function member(where, key) {
  * A copy of one params value with the BSON types Python gives the same JSON value: integers
  * outside 32 bits (up to 2^53) become 64-bit integers (Python: int64; the driver would store a
  * double), bigints 64-bit integers. Refuses what MongoDB cannot store or Python cannot read back.
- * @param {unknown} value @param {string} where @param {string} label
- * @returns {unknown}
+ * @param {unknown} value @param {string} where what the value is (`params.a[2]`)
+ * @param {string} label which params object, for a batch (`params #3: `) @returns {unknown}
  */
 function toStorable(value, where, label) {
-  const refuse = (/** @type {string} */ why) => new InvalidJob(`${label}: ${where} ${why}`);
+  const refuse = (/** @type {string} */ why) => new InvalidJob(`${label}${where} ${why}`);
   switch (typeof value) {
     case 'boolean':
       return value;
@@ -117,12 +117,11 @@ export function storableParams(params, index) {
   if (!isPlainObject(params)) {
     throw new InvalidJob(`params #${index} must be a plain object (a JSON object), got ${describe(params)}`);
   }
-  const label = index ? `params #${index}` : 'params';
   if (nestingDepth(params, MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH) {
-    throw new InvalidJob(`${label} nest more than ${MAX_PARAMS_DEPTH} levels of objects and arrays (or refer to ` +
+    throw new InvalidJob(`${index ? `params #${index}` : 'params'} nest more than ${MAX_PARAMS_DEPTH} levels of objects and arrays (or refer to ` +
       'themselves); MongoDB refuses documents nested that deep');
   }
-  return /** @type {Record<string, unknown>} */ (toStorable(params, 'params', label));
+  return /** @type {Record<string, unknown>} */ (toStorable(params, 'params', index ? `params #${index}: ` : ''));
 }
 
 /**
