@@ -24,8 +24,8 @@ import redis
 
 from mrq.config import Settings
 from mrq.exceptions import InvalidJob, InvalidQueueName
-from mrq.job import queue_jobs
 from mrq.queue.base import queue_kind
+from mrq.queue.producer import queue_jobs
 from mrq.storage.keys import validate_job_queue
 from mrq.store import Store
 from mrq.task.paths import validate_task_path
@@ -39,9 +39,13 @@ NODE_TIMEOUT = 100  # seconds; the suite takes about 10
 
 
 def node_binary() -> str:
+    """The `node` to run the suite with: skipped without one, failed when it is older than 20."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (the Node.js client's tests need Node.js 20+)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    major = re.match(r"v(\d+)\.", version)
+    assert major and int(major[1]) >= 20, f"{node} is Node.js {version!r}: mrq-client needs Node.js 20 or later"
     return node
 
 
@@ -74,7 +78,7 @@ def queue_reference_jobs(settings: Settings, prefix: str) -> dict[str, Any]:
         cases = json.loads(REFERENCE.read_text())["cases"]
         ids = [[str(i) for i in queue_jobs(case["path"], case["paramsList"], queue=case["queue"], store=py_store)]
                for case in cases]
-        messages = []
+        messages: list[list[str]] = []
         deadline = time.monotonic() + 10
         while len(messages) < len(cases) and time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1)

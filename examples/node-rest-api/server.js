@@ -15,7 +15,9 @@ import http from 'node:http';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { InvalidJob, InvalidJobId, JobWaitTimeout, StoreUnavailable, createClient } from 'mrq-client';
+import {
+  InvalidJob, InvalidJobId, JobNotFound, JobWaitTimeout, StoreUnavailable, createClient,
+} from 'mrq-client';
 
 const TASK = 'examples.tasks.summarize';
 const MAX_BODY = 1024 * 1024;
@@ -119,7 +121,7 @@ async function jobStatus(client, id, wait) {
       }
     }
   } catch (error) {
-    if (error instanceof InvalidJobId) throw new HttpError(404, `no job ${id}`);
+    if (error instanceof InvalidJobId || error instanceof JobNotFound) throw new HttpError(404, `no job ${id}`);
     throw error;
   }
   if (!job || job.path !== TASK) throw new HttpError(404, `no job ${id}`); // this API serves its own jobs only

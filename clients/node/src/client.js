@@ -180,10 +180,10 @@ export class Client {
       const first = writeErrors(error)[0];
       if (first) {
         const index = start + Number(first.index ?? 0);
-        throw new InvalidJob(`MongoDB refused job #${index}: ${first.errmsg ?? firstLine(error)}${earlier(queued)}`,
-          { cause: error });
+        throw withQueued(new InvalidJob(`MongoDB refused job #${index}: ${first.errmsg ?? firstLine(error)}` +
+          earlier(queued), { cause: error }), queued);
       }
-      throw this.#mongoError(error, queued);
+      throw withQueued(this.#mongoError(error, queued), queued);
     }
   }
 
@@ -238,9 +238,9 @@ export class Client {
         }
         await this.#deleteQueued(ids);
         const uri = this.#settings.redis;
-        throw new StoreUnavailable('Redis', `cannot reach Redis at ${redactUri(uri)}: ` +
+        throw withQueued(new StoreUnavailable('Redis', `cannot reach Redis at ${redactUri(uri)}: ` +
           `${redactText(firstLine(error), uri).replace(/\.$/, '')}. Is it running, at that address? ` +
-          `(${WHERE_SET.Redis} sets it)${earlier(queued)}`, { cause: error });
+          `(${WHERE_SET.Redis} sets it)${earlier(queued)}`, { cause: error }), queued);
       }
     }
   }
@@ -379,6 +379,12 @@ function writeErrors(error) {
   const found = /** @type {any} */ (error)?.writeErrors;
   if (!found) return [];
   return Array.isArray(found) ? found : [found];
+}
+
+/** An error of queueJobs, with `queuedIds`: the ids of the earlier batches, which were queued.
+ * @template {Error} E @param {E} error @param {string[]} queued @returns {E} */
+function withQueued(error, queued) {
+  return Object.assign(error, { queuedIds: [...queued] });
 }
 
 /** @param {string[]} queued */

@@ -114,6 +114,39 @@ test('one bad params object among many: nothing of the batch is stored', async (
   await refused(() => client.queueJobs(PATH, [{}], { queue: QUEUE, batchSize: 1.5 }), InvalidJob, /batchSize/);
 });
 
+test('a document MongoDB refuses: InvalidJob naming it, its batch removed, earlier batches reported', async () => {
+  assert.deepEqual(await client.queueJobs(PATH, [], { queue: QUEUE }), []);
+  // A unique index makes the server refuse a job the client cannot tell is bad (readWrite may create it).
+  const field = `params.node_unique_${process.pid}`;
+  const index = await raw.jobs.createIndex({ [field]: 1 }, { unique: true, sparse: true });
+  const queue = 'node_refused';
+  const other = testClient({ redisPrefix: ownPrefix('refused') });
+  try {
+    const probe = { [`node_unique_${process.pid}`]: 'same' };
+    /** @type {string[]} */
+    let queuedIds = [];
+    await assert.rejects(other.queueJobs(PATH, [{ n: 0 }, { n: 1 }, { n: 2 }, probe, { n: 4 }, probe], { queue, batchSize: 2 }),
+      (error) => {
+        assert.ok(error instanceof InvalidJob, String(error));
+        assert.match(error.message, /^MongoDB refused job #5: .*(duplicate|E11000).* \(4 jobs of earlier batches were queued\)$/i);
+        queuedIds = error.queuedIds;
+        return true;
+      });
+    const stored = await raw.jobs.find({ queue }).sort({ _id: 1 }).toArray();
+    assert.deepEqual(stored.map((doc) => doc.params.n ?? 'probe'), [0, 1, 2, 'probe'], 'the refused batch left nothing');
+    assert.deepEqual(stored.map((doc) => doc._id.toHexString()), queuedIds, 'error.queuedIds: the jobs queued');
+    const redis = await rawRedis();
+    try {
+      assert.deepEqual(await redis.lRange(`{${ownPrefix('refused')}:q:${queue}}:ids`, 0, -1), queuedIds);
+    } finally {
+      await redis.close();
+    }
+  } finally {
+    await raw.jobs.dropIndex(index);
+    await other.close();
+  }
+});
+
 test('task paths: the verdicts of Python validate_task_path', async () => {
   const verdicts = env.reference.verdicts.taskPaths;
   assert.equal(verdicts.length, validation.taskPaths.length);
