@@ -171,7 +171,7 @@ function plain(value) {
     const big = /** @type {Long} */ (value).toBigInt();
     return big >= BigInt(Number.MIN_SAFE_INTEGER) && big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
   }
-  if (type === 'Binary') return Buffer.from(/** @type {any} */ (value).buffer);
+  if (type === 'Binary') return Buffer.from(/** @type {any} */ (value).value()); // Python bytes: a Buffer
   if (type) return value;
   if (!isPlainObject(value)) return value;
   /** @type {Record<string, unknown>} */

@@ -80,7 +80,7 @@ export function resolveSettings(options = {}) {
     throw new ConfigError(`redis: expected redis://, rediss:// or unix://, got ${JSON.stringify(redactUri(redis))}`);
   }
   try {
-    new URL(redis);
+    redisOptions(redis);
   } catch {
     throw new ConfigError(`redis: invalid URI ${JSON.stringify(redactUri(redis))}`);
   }
@@ -118,17 +118,27 @@ export function databaseName(uri) {
 
 /**
  * node-redis options for a URI: redis:// and rediss:// as node-redis reads them, unix:// as
- * redis-py does (`unix:///path/to.sock?db=N`, credentials in the URI or `?password=`).
+ * redis-py does (`unix://[[user][:password]@]/path/to.sock?db=N[&password=...]`).
  * @param {string} uri
  */
 export function redisOptions(uri) {
-  if (!uri.toLowerCase().startsWith('unix://')) return { url: uri };
-  const url = new URL(uri);
-  const db = url.searchParams.get('db');
+  if (!uri.toLowerCase().startsWith('unix://')) {
+    new URL(uri); // throws on a malformed URI
+    return { url: uri };
+  }
+  const [location, query = ''] = uri.slice('unix://'.length).split(/\?(.*)/s, 2);
+  const at = location.lastIndexOf('@');
+  const userinfo = at >= 0 && !location.slice(0, at).includes('/') ? location.slice(0, at) : '';
+  const path = userinfo || at === 0 ? location.slice(at + 1) : location;
+  if (!path.startsWith('/')) throw new Error('unix:// needs an absolute socket path');
+  const params = new URLSearchParams(query);
+  const [user, password] = userinfo.includes(':') ? userinfo.split(/:(.*)/s, 2) : [userinfo, ''];
+  const db = params.get('db');
+  if (db !== null && !/^\d+$/.test(db)) throw new Error('db must be a number');
   return {
-    socket: { path: decodeURIComponent(url.pathname) },
-    database: db ? Number(db) : undefined,
-    username: url.username ? decodeURIComponent(url.username) : undefined,
-    password: url.password ? decodeURIComponent(url.password) : (url.searchParams.get('password') ?? undefined),
+    socket: { path: safeDecode(path) },
+    database: db === null ? undefined : Number(db),
+    username: user ? safeDecode(user) : undefined,
+    password: password ? safeDecode(password) : (params.get('password') ?? undefined),
   };
 }
