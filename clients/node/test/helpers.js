@@ -80,16 +80,25 @@ export async function freePort() {
   return port;
 }
 
+/** @type {Set<import('node:child_process').ChildProcess>} */
+const servers = new Set();
+process.once('exit', () => {
+  for (const proc of servers) proc.kill('SIGKILL');
+});
+
 /** A redis-server of the test's own (fault tests stop, freeze or restart it), loopback only, no
- * persistence. @param {number} [port] */
-export async function startRedisServer(port) {
+ * persistence. @param {number} [port] @param {string[]} [args] more options */
+export async function startRedisServer(port, args = []) {
   port ??= await freePort();
   const binary = process.env.MRQ_TEST_REDIS_SERVER || 'redis-server';
-  const proc = spawn(binary, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    { stdio: 'ignore' });
+  const proc = spawn(binary, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+    ...args], { stdio: 'ignore' });
   /** @type {Error|null} */
   let failed = null;
   proc.on('error', (error) => { failed = error; });
+  proc.unref(); // never what keeps a test file running: killed on exit at the latest
+  servers.add(proc);
+  proc.once('exit', () => servers.delete(proc));
   const exited = once(proc, 'exit');
   const alive = () => proc.exitCode === null && proc.signalCode === null && !failed;
   const url = `redis://127.0.0.1:${port}/0`;

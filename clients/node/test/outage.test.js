@@ -3,6 +3,9 @@
 // the test's own, killed, frozen and restarted.
 
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { StoreUnavailable } from '../src/index.js';
@@ -136,5 +139,28 @@ test('MongoDB unreachable: StoreUnavailable, nothing pushed in Redis', async () 
     }
   } finally {
     await client.close();
+  }
+});
+
+test('unix:// URIs (redis-py form: unix:///path?db=N) reach Redis through its socket', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'mrq-node-'));
+  const socket = join(dir, 'redis.sock');
+  const redis = await startRedisServer(undefined, ['--unixsocket', socket, '--requirepass', 'p@ss']);
+  /** @type {import('../src/index.js').Client|undefined} */
+  let client;
+  try {
+    client = testClient({ redis: `unix://:p%40ss@${socket}?db=3`, redisPrefix: ownPrefix('unix') });
+    const id = await client.queueJob(PATH, { n: 1 }, { queue: 'node_unix' });
+    const raw = await rawRedis(`redis://:p%40ss@${new URL(redis.url).host}/3`);
+    try {
+      assert.deepEqual(await raw.lRange(`{${ownPrefix('unix')}:q:node_unix}:ids`, 0, -1), [id]);
+    } finally {
+      await raw.close();
+    }
+    assert.deepEqual(await storedOn('node_unix'), [{ n: 1 }]);
+  } finally {
+    await client?.close();
+    await redis.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 });

@@ -104,12 +104,14 @@ test('params 179 levels deep are queued and run (180 are refused: validation.tes
 
 test('Python values come back to Node as their JSON-ish equivalents', async () => {
   const when = new Date('2024-05-06T07:08:09.123Z');
-  const params = { int: 7, big: 2 ** 40, float: 2.5, text: 'é☃😀', when, list: [1, 'two', null], flag: true };
+  const params = { int: 7, big: 2 ** 40, float: 2.5, text: 'é☃😀', when, list: [1, 'two', null], flag: true,
+    bytes: Buffer.from([0, 1, 255]), huge: 2n ** 62n, oid: new ObjectId() };
   const id = await client.queueJob('tests.tasks.general.Echo', params);
   const job = await client.waitJob(id, WAIT);
   assert.equal(job.status, 'success');
-  assert.deepEqual(job.result, params);
+  assert.deepEqual(job.result, { ...params, oid: params.oid.toHexString() }); // ObjectIds as hex strings
   assert.equal(typeof /** @type {any} */ (job.result).big, 'number');
+  assert.equal(typeof /** @type {any} */ (job.result).huge, 'bigint'); // past 2^53: exact
 });
 
 test('waitJob: a JobWaitTimeout while the job runs, then its result', async () => {
