@@ -217,6 +217,7 @@ async def _push_ids(store: AsyncStore, queue: str, ids: list[ObjectId], *, just_
             await pipe.execute()
             return
         except (redis.exceptions.RedisError, OSError) as exc:
+            store.model.forget_notes()  # the registry note and the stats expiry may not have been written
             if time.monotonic() + delay < deadline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -137,6 +137,11 @@ class Store:
         self._noted[name] = now
         return True
 
+    def forget_notes(self) -> None:
+        """A pipeline carrying noted writes failed: note everything again at the next push (its
+        writes may not have been applied)."""
+        self._noted.clear()
+
     def close(self) -> None:
         self.connections.close()
 

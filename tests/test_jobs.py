@@ -3,6 +3,7 @@ round trips, and every bad input (clear error, nothing stored)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -185,6 +186,29 @@ def test_unreachable_redis_at_enqueue_leaves_no_job(mrq_settings: Any) -> None:
         with pytest.raises(StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1:"):
             queue_job("tests.tasks.general.Echo", {"x": 1}, store=store)
         assert store.jobs.count_documents({}) == 0
+    finally:
+        store.close()
+
+
+def test_a_push_that_succeeds_on_a_retry_still_registers_its_queue(mrq_settings: Any, own_redis: Any) -> None:
+    """The registry note and the stats expiry ride in the push's pipeline, written once a minute:
+    a pipeline that failed must not count as written."""
+    import threading
+
+    from mrq.stats import minute_of
+
+    settings = mrq_settings.replace(redis=own_redis.url, redis_timeout=10)
+    store = Store(settings)
+    try:
+        queue_job("tests.tasks.general.Echo", {"x": 0}, queue="first", store=store)  # connections made
+        own_redis.stop()
+        restart = threading.Timer(0.5, own_redis.start)
+        restart.start()
+        job_id = queue_job("tests.tasks.general.Echo", {"x": 1}, queue="retried", store=store)
+        restart.join()
+        assert store.redis.lrange(store.keys.queue_ids("retried"), 0, -1) == [str(job_id).encode()]
+        assert store.redis.zscore(store.keys.known_queues, "retried") is not None
+        assert store.redis.ttl(store.keys.stats(minute_of(time.time()))) > 0
     finally:
         store.close()
 

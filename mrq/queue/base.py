@@ -96,7 +96,12 @@ class Queue:
     def _execute_push(self, pipe: Any, count: int) -> None:
         """Execute a pipeline holding a push with its bookkeeping (`add_push_bookkeeping`) and wake
         the workers."""
-        execute_and_publish(pipe, self.store.redis, self.add_push_bookkeeping(pipe, count))
+        messages = self.add_push_bookkeeping(pipe, count)
+        try:
+            execute_and_publish(pipe, self.store.redis, messages)
+        except BaseException:
+            self.store.forget_notes()
+            raise
 
     def add_push_bookkeeping(self, pipe: Any, count: int) -> list[tuple[str, str]]:
         """Add the writes shared by every push to a pipeline holding the push itself (a redis-py

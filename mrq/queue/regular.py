@@ -48,7 +48,12 @@ class RegularQueue(Queue):
         if not ids:
             return
         pipe = self.store.redis.pipeline(transaction=False)
-        execute_and_publish(pipe, self.store.redis, self.add_push(pipe, ids, front=front, requeued=requeued))
+        messages = self.add_push(pipe, ids, front=front, requeued=requeued)
+        try:
+            execute_and_publish(pipe, self.store.redis, messages)
+        except BaseException:
+            self.store.forget_notes()  # the registry note and the stats expiry may not have been written
+            raise
 
     def add_push(self, pipe: Any, ids: Sequence[str], *, front: bool = False,
                  requeued: bool = False) -> list[tuple[str, str]]:
@@ -71,8 +76,12 @@ class RegularQueue(Queue):
         pipe = store.redis.pipeline(transaction=False)
         pipe.zadd(store.keys.queue_delayed(self.name), ids_and_times)
         self._note_known(pipe)
-        execute_and_publish(pipe, store.redis,
-                            [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
+        try:
+            execute_and_publish(pipe, store.redis,
+                                [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
+        except BaseException:
+            store.forget_notes()
+            raise
 
     # --- out ----------------------------------------------------------------------------------------
 
