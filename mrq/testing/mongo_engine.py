@@ -234,9 +234,13 @@ class Engine(Catalog):
         return list(coll._iter_documents(spec or {}))
 
     # ---- cursors
-    def _batch(self, cursor: _Cursor, size: int) -> list[RawBSONDocument]:
-        """Up to ``size`` documents (0: any number) and about 16 MiB, each encoded once."""
-        out: list[RawBSONDocument] = []
+    def _batch(self, cursor: _Cursor, size: int) -> list[Any]:
+        """Up to ``size`` documents (0: any number) and about 16 MiB, each encoded once (the reply
+        is encoded under the lock: cursors hold the stored documents themselves)."""
+        alone = self._only_document(cursor)
+        if alone is not None:
+            return alone
+        out: list[Any] = []
         total = 0
         while cursor.pos < len(cursor.docs) and (size <= 0 or len(out) < size):
             doc = cursor.docs[cursor.pos]
@@ -249,6 +253,16 @@ class Engine(Catalog):
                 total += len(raw)
         cursor.last_used = time.monotonic()
         return out
+
+    @staticmethod
+    def _only_document(cursor: _Cursor) -> list[Any] | None:
+        """The batch of a cursor of one document without projection (find_one): the document
+        itself, encoded with the reply as it would be alone (a document encodes its ``_id``
+        first: only when it is first already). None otherwise."""
+        if cursor.pos or len(cursor.docs) != 1 or cursor.project is not None or next(iter(cursor.docs[0]), 0) != "_id":
+            return None
+        cursor.pos, cursor.last_used = 1, time.monotonic()
+        return [cursor.docs[0]]
 
     def _cursor_reply(self, ns: str, docs: list[Doc], size: int, project: Any = None, single: bool = False) -> Doc:
         cursor = _Cursor(next(self.cursor_ids), ns, docs, project)
@@ -428,9 +442,9 @@ class Engine(Catalog):
         try:
             if old is not None and plan is not None:  # the document found is the one to update: no second lookup
                 last_error = {"n": 1, "updatedExisting": True}
-                if not new:  # the reply is encoded before the lock is released: no copy needed after the update
-                    value = RawBSONDocument(bson.encode(old)) if projection is None else \
-                        coll._copy_only_fields(old, projection, dict, filter=query)  # fmt: skip
+                if not new:  # apply_update replaces top-level values, changes none: a shallow copy keeps it
+                    value = dict(old) if projection is None else coll._copy_only_fields(old, projection, dict,
+                                                                                        filter=query)  # fmt: skip
                 with coll._size_limited():
                     coll.apply_update(old, plan)
                 if new:

@@ -14,7 +14,9 @@ pymongo, one operation at a time on one connection:
   two, the document after the update returned), what a worker does to start a job;
 - ``update_many`` of 50 ids (``_id: {$in}``) with a status guard;
 - ``job``: mrq's sequence for one job, ``insert_one``, the start above, and the final
-  ``update_one`` guarded by ``{_id, status, worker}``, timed as one.
+  ``update_one`` guarded by ``{_id, status, worker}``, timed as one;
+- ``find_50`` and ``bulk_final_50``: the regular queue's batch of 50, loaded by ``_id: {$in}``,
+  and its final statuses, one ``bulk_write`` of 50 guarded ``update_one``.
 
 For each: p50 and p99 in milliseconds, and the server's CPU per operation (its user + system
 time over the run, so it counts its TTL thread too). Trees are measured alternately, round after
@@ -42,7 +44,7 @@ from bson import ObjectId
 
 from .stack import free_port, wait_for_port
 
-OPS = ("ping", "insert_one", "find_one", "find_one_and_update", "update_many_50", "job")
+OPS = ("ping", "insert_one", "find_one", "find_one_and_update", "update_many_50", "job", "find_50", "bulk_final_50")
 DB = "latency"
 COLL = "mrq_jobs"
 STARTABLE = ["queued", "retry", "started"]
@@ -163,8 +165,20 @@ def _operations(client: pymongo.MongoClient, prefill: int) -> dict[str, Callable
                                          "datedone": now, "totaltime": 0.001,
                                          "dateexpires": now + timedelta(days=7)}})  # fmt: skip
 
+    def find_50(i: int) -> Any:
+        first = (i * 50) % max(len(ids) - 50, 1)
+        return list(coll.find({"_id": {"$in": ids[first : first + 50]}}))
+
+    def bulk_final_50(i: int) -> Any:
+        first = (i * 50) % max(len(ids) - 50, 1)
+        now = datetime.now(UTC)
+        return coll.bulk_write([pymongo.UpdateOne({"_id": job_id, "status": {"$in": STARTABLE}},
+                                                  {"$set": {"status": "started", "dateupdated": now, "worker": worker}})
+                                for job_id in ids[first : first + 50]], ordered=False)  # fmt: skip
+
     return {"ping": ping, "insert_one": insert_one, "find_one": find_one, "find_one_and_update": find_one_and_update,
-            "update_many_50": update_many_50, "job": job}  # fmt: skip
+            "update_many_50": update_many_50, "job": job, "find_50": find_50,
+            "bulk_final_50": bulk_final_50}  # fmt: skip
 
 
 def _percentile(samples: list[float], q: float) -> float:
