@@ -23,9 +23,15 @@ Design:
 - Wire protocol: OP_MSG (document sequences, checksum, moreToCome) and the legacy OP_QUERY
   handshake answered with OP_REPLY. The server advertises MongoDB 7.0 (wire version 21).
 - Speed: filters on ``_id`` (``{_id: X}``, ``{_id: {$in: [...]}}``, with or without other
-  conditions) are looked up instead of scanned; top-level equalities on scalars are checked
-  before the engine's matcher; sort + limit is a top-k selection; unique indexes are checked
-  through hash tables. Every other filter scans the collection.
+  conditions) are looked up instead of scanned, their string and ObjectId conditions checked
+  without the engine's matcher; top-level equalities on scalars are checked before the engine's
+  matcher; sort + limit is a top-k selection; unique indexes are checked through hash tables.
+  Every other filter scans the collection. Inserts store the decoded document; updates of
+  top-level fields by ``$set``/``$unset``/``$inc``/``$setOnInsert`` are applied in place, and
+  findAndModify updates the document it found without a second lookup (mongo_collection.py:
+  ``insert_decoded``, ``plan_update``, ``apply_update``); anything else goes to the engine.
+  Connections are read with one ``recv`` per message when it fits; the TTL pass takes the lock
+  2,000 documents at a time. ``python -m mrq.testing.mongo_latency`` measures it.
 - TTL indexes are enforced by a background thread every ``TTL_PERIOD`` seconds (real MongoDB:
   about every 60 s). Idle cursors are dropped after ``CURSOR_TIMEOUT`` seconds, as in MongoDB.
 - Capped collections are emulated (``size``/``max``; the oldest documents go on insert).
@@ -39,7 +45,10 @@ dispatch, cursors, reads, writes), ``mongo_catalog`` (databases, collections, in
 ``mongo_collection`` (the fast collection, sorting, TTL expiry).
 
 Known gaps: tailable cursors, change streams, transactions, ``$text``, collations, ``explain``,
-views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by their first element.
+views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by their first element;
+an update that the engine applies (dotted or positional fields, operators other than the fast
+path's) fails on a document whose ``_id`` is an object ("unhashable type"; the fast path's
+updates do not).
 """
 
 from __future__ import annotations
