@@ -47,8 +47,8 @@ dispatch, cursors, reads, writes), ``mongo_catalog`` (databases, collections, in
 Known gaps: tailable cursors, change streams, transactions, ``$text``, collations, ``explain``,
 views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by their first element;
 an update that the engine applies (dotted or positional fields, operators other than the fast
-path's) fails on a document whose ``_id`` is an object ("unhashable type"; the fast path's
-updates do not).
+path's) fails on a document whose ``_id`` is an object ("unhashable type"; the fast path
+updates it).
 """
 
 from __future__ import annotations
