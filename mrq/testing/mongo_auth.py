@@ -110,6 +110,9 @@ class Auth:
         self.enforce = enforce
         self.users: dict[UserKey, Doc] = {}
         self.sessions: dict[int, _Session] = {}
+        #: user -> (its roles list, their privileges): valid while the user has that very list
+        #: (createUser and updateUser give a user a new one), so role changes apply at once.
+        self._privilege_cache: dict[UserKey, tuple[list[Doc], list[Privilege]]] = {}
 
     def handlers(self) -> dict[str, Any]:
         return {name[4:]: getattr(self, name) for name in dir(self) if name.startswith("cmd_")}
@@ -122,7 +125,10 @@ class Auth:
         self.sessions.pop(conn_id, None)
 
     def _session(self, conn_id: int) -> _Session:
-        return self.sessions.setdefault(conn_id, _Session())
+        session = self.sessions.get(conn_id)
+        if session is None:
+            session = self.sessions[conn_id] = _Session()
+        return session
 
     def user(self, conn_id: int) -> UserKey | None:
         """The connection's user, if it is authenticated and the user still exists."""
@@ -137,7 +143,11 @@ class Auth:
         key = self.user(conn_id)
         if key is None:
             return LOCALHOST_PRIVILEGES if self.localhost_exception(conn_id) else []
-        return privileges_of((r["role"], r["db"]) for r in self.users[key]["roles"])
+        roles = self.users[key]["roles"]
+        cached = self._privilege_cache.get(key)
+        if cached is None or cached[0] is not roles:
+            cached = self._privilege_cache[key] = (roles, privileges_of((r["role"], r["db"]) for r in roles))
+        return cached[1]
 
     # ---- authorization
     def authorize(self, conn_id: int, db: str, name: str, canonical: str, cmd: Doc) -> None:

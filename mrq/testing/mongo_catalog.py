@@ -12,7 +12,7 @@ from mongomock_ng import MongoClient, filtering, helpers
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .mongo_auth import Auth
-from .mongo_collection import DEFAULT_BATCH, CommandError, Doc, FastCollection, _bson_size, _store_key
+from .mongo_collection import DEFAULT_BATCH, CommandError, Doc, FastCollection, Guarantees, _bson_size, _store_key
 
 _INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
 
@@ -29,15 +29,16 @@ class Catalog:
         self.client: Any = MongoClient()
         self.collections: dict[tuple[str, str], FastCollection] = {}
         self.capped: dict[tuple[str, str], Doc] = {}
+        self.guarantees = Guarantees()
 
     def coll(self, db: str, name: Any) -> FastCollection:
         if not isinstance(name, str) or not name or "$" in name or "\x00" in name:
             raise CommandError(73, f"Invalid collection name: {name!r}")
         if (db, name) not in self.collections:
             database = self.client[db]
-            self.collections[db, name] = FastCollection(
-                database, name, _db_store=database._store, codec_options=database.codec_options
-            )
+            coll = FastCollection(database, name, _db_store=database._store, codec_options=database.codec_options)
+            coll.guarantees = self.guarantees
+            self.collections[db, name] = coll
         return self.collections[db, name]
 
     def _existing(self, db: str, name: str) -> FastCollection:

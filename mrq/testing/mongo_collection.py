@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import bson
+from bson.binary import Binary
+from bson.code import Code
+from bson.datetime_ms import DatetimeMS
+from bson.dbref import DBRef
+from bson.decimal128 import Decimal128
 from bson.int64 import Int64
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.objectid import ObjectId
 from bson.regex import Regex
+from bson.timestamp import Timestamp
 from mongomock_ng import filtering, helpers
 from mongomock_ng.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -35,8 +45,17 @@ _SORT_RANKS = {type(None): 5, int: 10, Int64: 10, float: 10, str: 15, ObjectId: 
 #: Python types whose ``==`` is MongoDB's equality between two values of the same kind.
 _EQ_KINDS = {type(None): "null", int: "num", Int64: "num", float: "num", str: "str", ObjectId: "oid", bool: "bool",
              datetime: "date"}
+#: Types the engine stores as they come (``helpers.patch_datetime_awareness_in_document`` leaves
+#: them alone): what ``_plain`` needs not look into.
+_ATOMS = frozenset({str, int, float, bool, type(None), ObjectId, Int64, bytes, Binary, Regex, Decimal128, Code, MinKey,
+                    MaxKey, DBRef, DatetimeMS})
 # fmt: on
 _MISSING = object()
+#: The update operators of the fast update path (``FastCollection.plan_update``).
+_FAST_UPDATE_OPERATORS = frozenset({"$set", "$unset", "$inc", "$setOnInsert"})
+#: The ``_update`` options the fast update path knows (the others go to the engine).
+_FAST_UPDATE_OPTIONS = frozenset({"upsert", "multi", "array_filters", "collation", "validate"})
+_NUMBERS = (int, float, Int64)
 
 
 class CommandError(Exception):
@@ -90,25 +109,40 @@ def _id_candidates(documents: dict[Any, Doc], spec: Doc) -> list[Doc] | None:
         else:
             return None
     rest = {k: v for k, v in spec.items() if k != "_id"}
+    matches_rest = _rest_matcher(rest) if rest else None
     found: dict[int, Doc] = {}
     for value in values:
-        if isinstance(value, (list, re.Pattern, Regex)) or (
-            isinstance(value, dict) and any(str(k).startswith("$") for k in value)
-        ):
-            return None
-        try:
-            doc = documents.get(_store_key(value))
-        except TypeError:
-            return None
-        if doc is None or id(doc) in found:
-            continue
-        kind = _EQ_KINDS.get(type(value))
-        same = kind is not None and kind == _EQ_KINDS.get(type(doc["_id"])) and value == doc["_id"]
+        value_type = type(value)
+        if value_type is ObjectId or value_type is str:  # the usual ids: hashable, no operator
+            doc = documents.get(value)
+            if doc is None or id(doc) in found:
+                continue
+            same = type(doc["_id"]) is value_type and value == doc["_id"]
+        else:
+            if isinstance(value, (list, re.Pattern, Regex)) or (
+                isinstance(value, dict) and any(str(k).startswith("$") for k in value)
+            ):
+                return None
+            try:
+                doc = documents.get(_store_key(value))
+            except TypeError:
+                return None
+            if doc is None or id(doc) in found:
+                continue
+            kind = _EQ_KINDS.get(value_type)
+            same = kind is not None and kind == _EQ_KINDS.get(type(doc["_id"])) and value == doc["_id"]
         same = same or filtering.filter_applies({"_id": value}, doc)
-        if same and (not rest or filtering.filter_applies(rest, doc)):
+        if same and (matches_rest is None or matches_rest(doc)):
             found[id(doc)] = doc
     result = list(found.values())
+    if len(result) > 1 and all(type(doc["_id"]) is ObjectId for doc in result):
+        result.sort(key=_object_id_bytes)  # ObjectIds order as their bytes: what _order would do, faster
+        return result
     return _order(result, ["_id"], [1], 0) if len(result) > 1 else result  # in _id index order
+
+
+def _object_id_bytes(doc: Doc) -> bytes:
+    return doc["_id"].binary
 
 
 def _quick_conditions(spec: Doc) -> list[tuple[str, Any, str]]:
@@ -135,6 +169,65 @@ def _quick_match(conditions: list[tuple[str, Any, str]], doc: Doc) -> bool | Non
         if actual_kind != kind or actual != value:
             return False
     return True
+
+
+def _plain(value: Any) -> bool:
+    """Whether the engine would store ``value`` as it is: ``patch_datetime_awareness_in_document``
+    (which the engine runs on every document and filter it writes with) would return an equal
+    copy of it. True for what the wire decodes (naive datetimes to the millisecond), except a
+    ``Timestamp(0, 0)``, which the engine replaces with the current time."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for child in item.values():
+                if type(child) not in _ATOMS:
+                    stack.append(child)
+        elif kind is list:
+            for child in item:
+                if type(child) not in _ATOMS:
+                    stack.append(child)
+        elif kind is datetime:
+            if item.tzinfo is not None or item.microsecond % 1000:
+                return False
+        elif kind is Timestamp:
+            if not item.time and not item.inc:
+                return False
+        elif kind not in _ATOMS:
+            return False
+    return True
+
+
+def _rest_matcher(rest: Doc) -> Callable[[Doc], bool]:
+    """``lambda doc: filtering.filter_applies(rest, doc)``, quicker when the conditions are on
+    top-level fields and compare to a string or an ObjectId, or ``$in`` a list of those: against
+    a string or ObjectId value, Python's equality between these is the engine's, and a missing
+    field matches none of them. A document with another value there goes to the engine.
+    Conditions are looked at in order, as the engine does, so the first that fails decides."""
+    compiled: list[tuple[str, Any, frozenset[Any] | None]] = []
+    for key, cond in rest.items():
+        if not key or key[0] == "$" or "." in key:
+            return partial(filtering.filter_applies, rest)
+        if type(cond) is dict and len(cond) == 1 and "$in" in cond and type(cond["$in"]) is list \
+                and all(type(v) is str or type(v) is ObjectId for v in cond["$in"]):  # fmt: skip
+            compiled.append((key, None, frozenset(cond["$in"])))
+        elif type(cond) is str or type(cond) is ObjectId:
+            compiled.append((key, cond, None))
+        else:
+            return partial(filtering.filter_applies, rest)
+
+    def matches(doc: Doc) -> bool:
+        for key, cond, values in compiled:
+            actual = doc.get(key, _MISSING)
+            actual_type = type(actual)
+            if actual_type is not str and actual_type is not ObjectId:
+                return False if actual is _MISSING else filtering.filter_applies(rest, doc)
+            if not (actual == cond if values is None else actual in values):
+                return False
+        return True
+
+    return matches
 
 
 class _SortKey:
@@ -215,6 +308,15 @@ def _select(docs: list[Doc], sort: Doc | None, skip: int = 0, limit: int = 0) ->
     return docs[skip : skip + limit if limit > 0 else None]
 
 
+class Guarantees:
+    """What holds for every document of a catalog's store. ``depth_checked``: no document nests
+    deeper than ``MAX_USER_DEPTH`` (every insert and update checks it; an aggregation's ``$out``
+    or ``$merge`` writes documents unchecked and clears it for good)."""
+
+    def __init__(self) -> None:
+        self.depth_checked = True
+
+
 class _GrownTooLarge(DuplicateKeyError):
     """An update would store a document larger than ``MAX_BSON_SIZE`` (or deeper than
     ``MAX_USER_DEPTH``: ``deep``). A DuplicateKeyError only because the engine, which updates
@@ -234,14 +336,31 @@ class FastCollection(Collection):
     #: True while ``_update`` runs. Inserted documents are checked where they arrive: the wire
     #: protocol refuses any document over the limit (mongo_server._decode_sequence).
     _limit_size = False
+    #: What the catalog (mongo_catalog.py) knows of every stored document; None: nothing.
+    guarantees: Guarantees | None = None
 
-    def _update(self, *args: Any, **kwargs: Any) -> Doc:
+    def _update(self, spec: Any, document: Any, *args: Any, **kwargs: Any) -> Doc:
         """The engine's update, refusing like mongod a document it would make larger than
         MAX_BSON_SIZE (code 17419; 17420 when the upsert would insert it) or deeper than
-        MAX_USER_DEPTH (code 15, Overflow): the document stays as it was."""
+        MAX_USER_DEPTH (code 15, Overflow): the document stays as it was.
+
+        The updates of ``plan_update``'s shapes that match documents are applied here
+        (``_fast_update``), the others by the engine."""
+        with self._size_limited():
+            result = None
+            if not args and not (kwargs.keys() - _FAST_UPDATE_OPTIONS) and not kwargs.get("array_filters") \
+                    and not kwargs.get("collation"):  # fmt: skip
+                result = self._fast_update(spec, document, bool(kwargs.get("upsert")), bool(kwargs.get("multi")),
+                                           kwargs.get("validate", True))  # fmt: skip
+            return super()._update(spec, document, *args, **kwargs) if result is None else result
+
+    @contextmanager
+    def _size_limited(self) -> Iterator[None]:
+        """Refuse (``_ensure_uniques``) the documents an update would make too large or too deep,
+        with mongod's errors."""
         self._limit_size = True
         try:
-            return super()._update(*args, **kwargs)
+            yield
         except _GrownTooLarge as exc:
             if exc.deep:
                 raise CommandError(15, f"Document exceeds maximum nesting depth of {MAX_USER_DEPTH}") from None
@@ -249,6 +368,113 @@ class FastCollection(Collection):
             raise CommandError(17420 if exc.upsert else 17419, f"{what} larger than {MAX_BSON_SIZE}") from None
         finally:
             self._limit_size = False
+
+    def _apply_update_document(self, existing_document: Doc, spec: Any, document: Any, was_insert: bool) -> None:
+        """The engine's, given a copy of the update for each document: the engine would store the
+        same object (a ``$set`` object value) in every document an update_many changes."""
+        super()._apply_update_document(existing_document, spec, helpers._clone_document(document), was_insert)
+
+    # ---- the fast paths: the engine's semantics for the common shapes, without its copies
+    def plan_update(self, document: Any, validate: bool = True) -> list[tuple[str, str, Any]] | None:
+        """``(operator, field, value)`` of an update the fast path applies: ``$set``, ``$unset``,
+        ``$inc`` (of a number) and ``$setOnInsert`` on distinct top-level fields other than
+        ``_id``, values the engine stores as they are (``_plain``), no validator to check. None
+        for any other update (the engine applies it)."""
+        if type(document) is not dict or not document or (validate and self._store.options.get("validator")):
+            return None
+        plan: list[tuple[str, str, Any]] = []
+        seen: set[str] = set()
+        for operator, fields in document.items():
+            if operator not in _FAST_UPDATE_OPERATORS or type(fields) is not dict:
+                return None
+            for field, value in fields.items():
+                if not field or field == "_id" or "$" in field or "." in field or field in seen:
+                    return None
+                if operator == "$inc" and type(value) not in _NUMBERS:
+                    return None
+                seen.add(field)
+                plan.append((operator, field, value))
+        return plan if _plain(document) else None
+
+    def _fast_update(self, spec: Any, document: Any, upsert: bool, multi: bool, validate: bool) -> Doc | None:
+        """The engine's ``_update`` for a ``plan_update`` update of matching documents; None when
+        the engine must do it (another update, a filter it would rewrite, an upsert that inserts,
+        an ``$inc`` of a value that is not a number)."""
+        plan = self.plan_update(document, validate)
+        if plan is None or type(spec) is not dict or not _plain(spec):
+            return None
+        docs = list(self._iter_documents(spec))
+        if not docs and upsert:
+            return None
+        targets = docs if multi else docs[:1]
+        if not all(self._incrementable(doc, plan) for doc in targets):
+            return None
+        modified = sum(self.apply_update(doc, plan, copy=i > 0) for i, doc in enumerate(targets))
+        return {"connectionId": self.database.client._id, "err": None, "n": len(targets),
+                "nModified": modified, "ok": 1, "upserted": None, "updatedExisting": bool(targets)}  # fmt: skip
+
+    @staticmethod
+    def _incrementable(doc: Doc, plan: list[tuple[str, str, Any]]) -> bool:
+        """Whether each ``$inc`` of the plan adds to a number (or a missing field) of ``doc``."""
+        return all(type(doc.get(field, 0)) in _NUMBERS for operator, field, _ in plan if operator == "$inc")
+
+    def apply_update(self, doc: Doc, plan: list[tuple[str, str, Any]], copy: bool = False) -> bool:
+        """Apply a ``plan_update`` plan to a stored document in place, as the engine would: True
+        when the document changed (Python equality, as the engine compares). A document that
+        would break a unique index or the size and depth limits is put back as it was and the
+        error raised (under ``_size_limited``, mongod's). ``copy``: store copies of object
+        and array values (the same plan applied to several documents). The caller has checked
+        that each ``$inc`` applies to a number (``_incrementable``)."""
+        saved = dict(doc)
+        for operator, field, value in plan:
+            if operator == "$set":
+                doc[field] = helpers._clone_document(value) if copy and type(value) in (dict, list) else value
+            elif operator == "$unset":
+                doc.pop(field, None)
+            elif operator == "$inc":
+                doc[field] = doc.get(field, 0) + value
+        for operator, field, _ in plan:
+            before, after = saved.get(field, _MISSING), doc.get(field, _MISSING)
+            if operator != "$setOnInsert" and not (before is after or before == after):
+                break
+        else:
+            return False
+        try:
+            # The document was no deeper than the limit (every write checks it): only the new
+            # values can make it deeper, unless documents were written unchecked ($out, $merge).
+            shallow = self.guarantees.depth_checked if self.guarantees is not None else False
+            if too_deep({field: value for operator, field, value in plan if operator == "$set"} if shallow else doc):
+                raise _GrownTooLarge(deep=True)
+            if _too_large(doc):
+                raise _GrownTooLarge()
+            self._check_unique(doc)
+        except DuplicateKeyError:
+            doc.clear()
+            doc.update(saved)
+            raise
+        return True
+
+    def insert_decoded(self, data: Doc, validate: bool = True) -> Any:
+        """``_insert`` of a document decoded from the wire (the engine's ``_insert`` stores a
+        normalized copy; such a document is already what it would store, and is not used
+        elsewhere): its ``_id``."""
+        if type(data) is not dict or any(key[:1] == "$" for key in data) or not _plain(data) \
+                or (validate and self._store.options.get("validator")):  # fmt: skip
+            return self._insert(data, validate=validate)
+        if "_id" not in data:
+            data["_id"] = ObjectId()
+        object_id = _store_key(data["_id"])
+        documents = self._store._documents
+        if object_id in documents:
+            raise DuplicateKeyError("E11000 Duplicate Key Error", 11000,
+                                    {"keyPattern": {"_id": 1}, "keyValue": {"_id": data["_id"]}})  # fmt: skip
+        documents[object_id] = data
+        try:
+            self._ensure_uniques(data)
+        except DuplicateKeyError:
+            del documents[object_id]
+            raise
+        return data["_id"]
 
     def _insert(self, data: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -275,7 +501,8 @@ class FastCollection(Collection):
         )
 
     def _ensure_uniques(self, new_data: Doc) -> None:
-        """Check unique indexes through a lazily built ``entry -> _id`` table per index.
+        """Check unique indexes through a lazily built ``entry -> _id`` table per index (and, under
+        ``_update``, the size and depth limits first).
 
         The engine sends every document it writes through this method, so the table points to
         the holder of each entry; entries left by deleted or changed documents are detected by
@@ -285,13 +512,20 @@ class FastCollection(Collection):
             raise _GrownTooLarge(deep=True)
         if self._limit_size and _too_large(new_data):
             raise _GrownTooLarge()
+        self._check_unique(new_data)
+
+    def _check_unique(self, new_data: Doc) -> None:
         store = self._store
+        if not any(index.get("unique") for index in store.indexes.values()):
+            return
         tables: dict[str, tuple[Doc, dict[Any, Any] | None]] = store.__dict__.setdefault("_mrq_unique", {})
         to_register: list[tuple[dict[Any, Any], list[Any]]] = []
         new_id = new_data.get("_id")
         for name, index in store.indexes.items():
+            if not index.get("unique"):
+                continue
             pfe, key, sparse = index.get("partialFilterExpression"), index["key"], index.get("sparse")
-            if not index.get("unique") or (pfe is not None and not filtering.filter_applies(pfe, new_data)):
+            if pfe is not None and not filtering.filter_applies(pfe, new_data):
                 continue
             entries = self._compute_index_entries(new_data, key, sparse)
             if entries is None:
@@ -331,15 +565,17 @@ class FastCollection(Collection):
         return table
 
 
-def _expire(documents: dict[Any, Doc], index: Doc) -> None:
-    """Delete the documents of a single-field TTL index whose (earliest) date is past expiry."""
+def _expire(documents: dict[Any, Doc], index: Doc, keys: list[Any] | None = None) -> None:
+    """Delete the documents of a single-field TTL index whose (earliest) date is past expiry
+    (those of ``keys`` only, when given: a step of a pass)."""
     try:
         cutoff = datetime.now(UTC) - timedelta(seconds=float(index["expireAfterSeconds"]))
     except (TypeError, ValueError, OverflowError):
         return
     field, pfe, naive_cutoff = index["key"][0][0], index.get("partialFilterExpression"), cutoff.replace(tzinfo=None)
     expired = []
-    for key, doc in documents.items():
+    items = documents.items() if keys is None else [(k, documents[k]) for k in keys if k in documents]
+    for key, doc in items:
         value = doc.get(field) if "." not in field else helpers.get_value_by_dot(doc, field)
         if type(value) is datetime and value.tzinfo is None:  # the common case, fast
             if value > naive_cutoff:
@@ -375,11 +611,12 @@ def _too_large(doc: Doc) -> bool:
 def too_deep(doc: Doc) -> bool:
     """Whether ``doc`` nests deeper than ``MAX_USER_DEPTH`` (iterative: any depth is measured)."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
+    atoms = _ATOMS
     while stack:
         value, level = stack.pop()
         children = value.values() if isinstance(value, dict) else value
         for child in children:
-            if isinstance(child, (dict, list)) and child:
+            if type(child) not in atoms and isinstance(child, (dict, list)) and child:
                 if level + 1 > MAX_USER_DEPTH:
                     return True
                 stack.append((child, level + 1))

@@ -38,12 +38,13 @@ from .mongo_collection import (
     Doc,
     FastCollection,
     _expire,
+    _plain,
     _select,
     _store_key,
     bson_text,
     too_deep,
 )
-from .mongo_planner import check_indexed, exempt, pushed_down
+from .mongo_planner import ID_INDEX, check_indexed, exempt, pushed_down, served_by_id
 
 MAX_MESSAGE_SIZE = 48_000_000
 MAX_WRITE_BATCH = 100_000  # statements per insert/update/delete command (mongod's maxWriteBatchSize)
@@ -51,10 +52,13 @@ MAX_WIRE_VERSION = 21  # MongoDB 7.0; >= 25 would make pymongo send 8.0-only com
 SERVER_VERSION = "7.0.0"
 #: Seconds after which an idle cursor is dropped (MongoDB's cursorTimeoutMillis).
 CURSOR_TIMEOUT = 600.0
+#: Documents a TTL pass looks at per taking of the lock (``Engine.expire_in_steps``).
+TTL_STEP = 2000
 # fmt: off
 _IGNORED_FIELDS = ("$db", "lsid", "$readPreference", "$clusterTime", "readConcern", "writeConcern", "maxTimeMS",
                    "comment", "backpressure", "txnNumber", "autocommit", "startTransaction", "apiVersion", "apiStrict",
                    "apiDeprecationErrors")
+_IGNORED = frozenset(_IGNORED_FIELDS)
 _CODE_NAMES = {
     1: "InternalError", 2: "BadValue", 9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized",
     14: "TypeMismatch", 15: "Overflow", 16: "InvalidLength", 17: "ProtocolError", 18: "AuthenticationFailed",
@@ -163,15 +167,17 @@ class Engine(Catalog):
         db = cmd.get("$db", db)
         if cmd.get("startTransaction") or "txnNumber" in cmd:
             raise CommandError(20, "Transaction numbers are only allowed on a replica set member or mongos")
-        for field in _IGNORED_FIELDS:
-            cmd.pop(field, None)
+        for field in _IGNORED & cmd.keys():
+            del cmd[field]
         name = next(iter(cmd), "")
-        handler = self.handlers.get(name.lower())
+        lower = name.lower()
+        handler = self.handlers.get(lower)
         if handler is None:
             self._count("<UNKNOWN>", failed=True)
             raise CommandError(59, f"no such command: '{name}'")
         try:
-            self.auth.authorize(conn_id, db, name.lower(), _CANONICAL_NAMES.get(name.lower(), name), cmd)
+            if self.auth.enforce:
+                self.auth.authorize(conn_id, db, lower, _CANONICAL_NAMES.get(lower, name), cmd)
             reply = handler(db, cmd, conn_id)
         except Exception as exc:
             self._count(name, cmd, failed=True)
@@ -214,7 +220,9 @@ class Engine(Catalog):
         collection that does not exist, unless an upsert creates it (mongo_planner.py)."""
         if not self.notablescan or exempt(db, coll.name) or not (coll._store.is_created or upsert):
             return
-        indexes = [([("_id", 1)], False, None)] + [
+        if served_by_id(spec, sort, hint):
+            return
+        indexes = [ID_INDEX] + [
             (list(i["key"]), bool(i.get("sparse")), i.get("partialFilterExpression"))
             for i in coll._store.indexes.values()
         ]
@@ -226,9 +234,13 @@ class Engine(Catalog):
         return list(coll._iter_documents(spec or {}))
 
     # ---- cursors
-    def _batch(self, cursor: _Cursor, size: int) -> list[RawBSONDocument]:
-        """Up to ``size`` documents (0: any number) and about 16 MiB, each encoded once."""
-        out: list[RawBSONDocument] = []
+    def _batch(self, cursor: _Cursor, size: int) -> list[Any]:
+        """Up to ``size`` documents (0: any number) and about 16 MiB, each encoded once (the reply
+        is encoded under the lock: cursors hold the stored documents themselves)."""
+        alone = self._only_document(cursor)
+        if alone is not None:
+            return alone
+        out: list[Any] = []
         total = 0
         while cursor.pos < len(cursor.docs) and (size <= 0 or len(out) < size):
             doc = cursor.docs[cursor.pos]
@@ -241,6 +253,16 @@ class Engine(Catalog):
                 total += len(raw)
         cursor.last_used = time.monotonic()
         return out
+
+    @staticmethod
+    def _only_document(cursor: _Cursor) -> list[Any] | None:
+        """The batch of a cursor of one document without projection (find_one): the document
+        itself, encoded with the reply as it would be alone (a document encodes its ``_id``
+        first: only when it is first already). None otherwise."""
+        if cursor.pos or len(cursor.docs) != 1 or cursor.project is not None or next(iter(cursor.docs[0]), 0) != "_id":
+            return None
+        cursor.pos, cursor.last_used = 1, time.monotonic()
+        return [cursor.docs[0]]
 
     def _cursor_reply(self, ns: str, docs: list[Doc], size: int, project: Any = None, single: bool = False) -> Doc:
         cursor = _Cursor(next(self.cursor_ids), ns, docs, project)
@@ -271,11 +293,31 @@ class Engine(Catalog):
 
     def expire(self) -> None:
         """One TTL pass plus the idle-cursor cleanup (the caller holds the lock)."""
-        for db_store in list(self.client._store._databases.values()):
-            for cstore in list(db_store._collections.values()):
-                for index in list(cstore.indexes.values()):
-                    if index.get("expireAfterSeconds") is not None and len(index["key"]) == 1:
-                        _expire(cstore._documents, index)
+        for cstore, index in self._ttl_indexes():
+            _expire(cstore._documents, index)
+        self._drop_idle_cursors()
+
+    def expire_in_steps(self, step: int = TTL_STEP) -> None:
+        """One TTL pass, the lock taken for ``step`` documents at a time (and for the idle-cursor
+        cleanup), so that a pass over a large collection does not hold every client up. A step
+        looks at the documents as they are then: deleted ones are skipped, changed ones judged
+        as they now are; documents inserted during the pass wait for the next one."""
+        with self.lock:
+            work = [(cstore, index, list(cstore._documents)) for cstore, index in self._ttl_indexes()]
+            self._drop_idle_cursors()
+        for cstore, index, keys in work:
+            for start in range(0, len(keys), step):
+                with self.lock:
+                    if not any(i is index for i in cstore.indexes.values()):  # dropped meanwhile (or its collection)
+                        break
+                    _expire(cstore._documents, index, keys[start : start + step])
+
+    def _ttl_indexes(self) -> list[tuple[Any, Doc]]:
+        return [(cstore, index) for db_store in list(self.client._store._databases.values())
+                for cstore in list(db_store._collections.values()) for index in list(cstore.indexes.values())
+                if index.get("expireAfterSeconds") is not None and len(index["key"]) == 1]  # fmt: skip
+
+    def _drop_idle_cursors(self) -> None:
         deadline = time.monotonic() - CURSOR_TIMEOUT
         for cursor in [c for c in self.cursors.values() if c.last_used < deadline]:
             del self.cursors[cursor.id]
@@ -343,7 +385,7 @@ class Engine(Catalog):
         def apply(_: int, doc: Doc) -> None:
             if too_deep(doc):
                 raise CommandError(15, f"cannot insert document because it exceeds {MAX_USER_DEPTH} levels of nesting")
-            inserted.append(coll._insert(doc, validate=valid))
+            inserted.append(coll.insert_decoded(doc, validate=valid))
 
         errors = self._write(db, cmd, docs, apply)
         if (db, name) in self.capped:
@@ -393,8 +435,21 @@ class Engine(Catalog):
         else:
             old = next(coll._iter_documents(query), None)
         value, last_error, upserted = None, {"n": 0, "updatedExisting": False}, None
+        plan = None
+        if old is not None and not remove and not cmd.get("arrayFilters") and type(query) is dict and _plain(query):
+            plan = coll.plan_update(update, validate=not cmd.get("bypassDocumentValidation"))
+            plan = plan if plan is not None and coll._incrementable(old, plan) else None
         try:
-            if old is not None:
+            if old is not None and plan is not None:  # the document found is the one to update: no second lookup
+                last_error = {"n": 1, "updatedExisting": True}
+                if not new:  # apply_update replaces top-level values, changes none: a shallow copy keeps it
+                    value = dict(old) if projection is None else coll._copy_only_fields(old, projection, dict,
+                                                                                        filter=query)  # fmt: skip
+                with coll._size_limited():
+                    coll.apply_update(old, plan)
+                if new:
+                    value = old if projection is None else coll._copy_only_fields(old, projection, dict, filter=query)
+            elif old is not None:
                 last_error = {"n": 1} if remove else {"n": 1, "updatedExisting": True}
                 value = None if new else coll._copy_only_fields(old, projection, dict, filter=query)
                 spec = {**query, "_id": old["_id"]}  # keeps the query for the positional operator
@@ -410,7 +465,7 @@ class Engine(Catalog):
             if exc.code not in (15, 17419, 17420):
                 raise
             raise CommandError(exc.code, f"Plan executor error during findAndModify :: caused by :: {exc}") from None
-        if new and (old is not None or upserted is not None):
+        if new and plan is None and (old is not None or upserted is not None):
             doc = coll._store._documents.get(_store_key(upserted if old is None else old["_id"]))
             value = None if doc is None else coll._copy_only_fields(doc, projection, dict, filter=query)
         self._capped_recount(db, name, coll)
@@ -466,9 +521,12 @@ class Engine(Catalog):
                 docs, pipeline = ([{"_id": 1, "n": n}] if n else []), []
             else:
                 docs = [coll._copy_only_fields(doc, None, dict) for doc in docs]
+        writes = any("$out" in stage or "$merge" in stage for stage in pipeline)
+        if writes:
+            self.guarantees.depth_checked = False  # documents of any depth may be written, unchecked
         if pipeline:
             docs = list(process_pipeline(docs, coll.database, pipeline, None))
-        if any("$out" in stage or "$merge" in stage for stage in pipeline):
+        if writes:
             for cstore in self._db_store(db)._collections.values():
                 cstore.__dict__.pop("_mrq_unique", None)  # written behind FastCollection's back
             docs = []

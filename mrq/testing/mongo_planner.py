@@ -38,6 +38,8 @@ from .mongo_collection import CommandError, Doc, bson_text
 IndexInfo = tuple[list[tuple[str, Any]], bool, Doc | None]
 
 EXEMPT_DATABASES = ("admin", "local", "config")
+#: The index every collection has.
+ID_INDEX: IndexInfo = ([("_id", 1)], False, None)
 _REFUSED = "planner returned error :: caused by :: No indexed plans available, and running with 'notablescan'"
 _RANGE_OPERATORS = {"$eq", "$gt", "$gte", "$lt", "$lte", "$in", "$all", "$regex", "$type", "$mod", "$exists",
                     "$elemMatch", "$ne", "$nin", "$not"}  # fmt: skip
@@ -55,6 +57,21 @@ def check_indexed(ns: str, indexes: list[IndexInfo], spec: Any, sort: Any = None
         return
     raise CommandError(291, f"error processing query: ns={ns}Tree: {_tree(spec, 1)}Sort: {bson_text(sort or {})}\n"
                             f"Proj: {{}}\n {_REFUSED}")  # fmt: skip
+
+
+def served_by_id(spec: Any, sort: Any = None, hint: Any = None) -> bool:
+    """Whether ``check_indexed`` lets the query run whatever the collection's other indexes: the
+    filter's ``_id`` condition uses the ``_id`` index (or the filter is empty, or a hint names an
+    index). False means: ask ``check_indexed``."""
+    if not isinstance(spec, dict) or not spec:
+        return True
+    if isinstance(hint, dict) and "$natural" in hint:
+        return False
+    if hint:
+        return True
+    if isinstance(sort, dict) and "$natural" in sort:
+        return False
+    return "_id" in spec and _serves(ID_INDEX, "_id", spec["_id"], spec)
 
 
 def exempt(db: str, collection: str) -> bool:

@@ -23,9 +23,15 @@ Design:
 - Wire protocol: OP_MSG (document sequences, checksum, moreToCome) and the legacy OP_QUERY
   handshake answered with OP_REPLY. The server advertises MongoDB 7.0 (wire version 21).
 - Speed: filters on ``_id`` (``{_id: X}``, ``{_id: {$in: [...]}}``, with or without other
-  conditions) are looked up instead of scanned; top-level equalities on scalars are checked
-  before the engine's matcher; sort + limit is a top-k selection; unique indexes are checked
-  through hash tables. Every other filter scans the collection.
+  conditions) are looked up instead of scanned, their string and ObjectId conditions checked
+  without the engine's matcher; top-level equalities on scalars are checked before the engine's
+  matcher; sort + limit is a top-k selection; unique indexes are checked through hash tables.
+  Every other filter scans the collection. Inserts store the decoded document; updates of
+  top-level fields by ``$set``/``$unset``/``$inc``/``$setOnInsert`` are applied in place, and
+  findAndModify updates the document it found without a second lookup (mongo_collection.py:
+  ``insert_decoded``, ``plan_update``, ``apply_update``); anything else goes to the engine.
+  Connections are read with one ``recv`` per message when it fits; the TTL pass takes the lock
+  2,000 documents at a time. ``python -m mrq.testing.mongo_latency`` measures it.
 - TTL indexes are enforced by a background thread every ``TTL_PERIOD`` seconds (real MongoDB:
   about every 60 s). Idle cursors are dropped after ``CURSOR_TIMEOUT`` seconds, as in MongoDB.
 - Capped collections are emulated (``size``/``max``; the oldest documents go on insert).
@@ -39,7 +45,10 @@ dispatch, cursors, reads, writes), ``mongo_catalog`` (databases, collections, in
 ``mongo_collection`` (the fast collection, sorting, TTL expiry).
 
 Known gaps: tailable cursors, change streams, transactions, ``$text``, collations, ``explain``,
-views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by their first element.
+views, ``$$NOW``; ties in a sort come back in insertion order; arrays sort by their first element;
+an update that the engine applies (dotted or positional fields, operators other than the fast
+path's) fails on a document whose ``_id`` is an object ("unhashable type"; the fast path
+updates it).
 """
 
 from __future__ import annotations
@@ -75,11 +84,13 @@ TTL_PERIOD = 1.0
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 
 _DECODE: CodecOptions[Doc] = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+#: A message header: length, request id, response to, opcode.
+_HEADER = struct.Struct("<iiii")
 
 __all__ = [  # what this module offered before the engine moved out
     "CURSOR_TIMEOUT", "DEFAULT_BATCH", "MAX_BSON_SIZE", "MAX_MESSAGE_SIZE", "MAX_WIRE_VERSION", "OP_MSG", "OP_QUERY",
     "OP_REPLY", "SERVER_VERSION", "TTL_PERIOD", "CommandError", "Doc", "Engine", "FastCollection", "handle_message",
-    "main", "parse_op_msg", "serve",
+    "main", "parse_op_msg", "serve", "serve_connection",
 ]  # fmt: skip
 
 
@@ -135,15 +146,14 @@ def handle_message(engine: Engine, opcode: int, request_id: int, body: bytes, co
             flags, reply = 0, bson.encode({"ok": 0.0, **_error_fields(exc)})
         if flags & 2:
             return None
-        payload = b"\x00\x00\x00\x00\x00" + reply
-    elif opcode == OP_QUERY:  # only the legacy handshake: flags, namespace, skip, limit, query
+        return b"".join((_HEADER.pack(21 + len(reply), 0, request_id, OP_MSG), b"\x00\x00\x00\x00\x00", reply))
+    if opcode == OP_QUERY:  # only the legacy handshake: flags, namespace, skip, limit, query
         name_end = body.index(b"\x00", 4)
         query = bson.decode(body[name_end + 9 : name_end + 9 + struct.unpack_from("<i", body, name_end + 9)[0]])
         reply = engine.run(query.get("$query", query), conn_id, body[4:name_end].decode().partition(".")[0])
         payload = struct.pack("<iqii", 0, 0, 0, 1) + reply
-    else:
-        raise ConnectionAbortedError(f"unsupported opcode {opcode}")
-    return struct.pack("<iiii", 16 + len(payload), 0, request_id, OP_REPLY if opcode == OP_QUERY else OP_MSG) + payload
+        return _HEADER.pack(16 + len(payload), 0, request_id, OP_REPLY) + payload
+    raise ConnectionAbortedError(f"unsupported opcode {opcode}")
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -154,21 +164,57 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         engine, conn_id = self.server.engine, next(self.server.engine.connection_ids)
         engine.connect(conn_id, _is_loopback(self.client_address))
-        with sock.makefile("rb") as reader:
-            try:
-                while len(header := reader.read(16)) == 16:
-                    length, request_id, _, opcode = struct.unpack("<iiii", header)
-                    if not 16 < length <= MAX_MESSAGE_SIZE + 16 * 1024:
-                        return
-                    if len(body := reader.read(length - 16)) < length - 16:
-                        return
-                    reply = handle_message(engine, opcode, request_id, body, conn_id)
-                    if reply is not None:
-                        sock.sendall(reply)
-            except OSError:  # the client went away, or ConnectionAbortedError on an unknown opcode
+        try:
+            serve_connection(sock, engine, conn_id)
+        except OSError:  # the client went away, or ConnectionAbortedError on an unknown opcode
+            return
+        finally:
+            engine.disconnect(conn_id)
+
+
+#: Bytes asked of each recv: a whole message of the usual size arrives in one system call.
+_RECV_SIZE = 32 * 1024
+
+
+def serve_connection(sock: socket.socket, engine: Engine, conn_id: int) -> None:
+    """Answer the messages of one connection until it closes (or sends a malformed header).
+    One ``recv`` usually brings a whole message (header and body); a larger one is completed
+    with ``recv_into`` into a buffer of its size; messages that arrive together are answered
+    in order."""
+    recv, sendall, unpack = sock.recv, sock.sendall, _HEADER.unpack_from
+    limit = MAX_MESSAGE_SIZE + 16 * 1024
+    data = b""
+    while True:
+        if len(data) < 16:
+            chunk = recv(_RECV_SIZE)
+            if not chunk:
                 return
-            finally:
-                engine.disconnect(conn_id)
+            data = data + chunk if data else chunk
+            continue
+        length, request_id, _, opcode = unpack(data)
+        if not 16 < length <= limit:
+            return
+        if len(data) < length:
+            data = _receive_rest(sock, data, length)
+            if len(data) < length:
+                return
+        body, data = data[16:length], data[length:]
+        reply = handle_message(engine, opcode, request_id, body, conn_id)
+        if reply is not None:
+            sendall(reply)
+
+
+def _receive_rest(sock: socket.socket, data: bytes, length: int) -> bytes:
+    """``data`` completed to ``length`` bytes (shorter if the connection closed first)."""
+    buffer = bytearray(length)
+    buffer[: len(data)] = data
+    view, got = memoryview(buffer), len(data)
+    while got < length:
+        received = sock.recv_into(view[got:], length - got)
+        if not received:
+            return bytes(buffer[:got])
+        got += received
+    return bytes(buffer)
 
 
 def _is_loopback(address: Any) -> bool:
@@ -191,8 +237,7 @@ class _Server(socketserver.ThreadingTCPServer):
 def _expire_forever(engine: Engine, stop: threading.Event) -> None:
     while not stop.wait(TTL_PERIOD):
         try:
-            with engine.lock:
-                engine.expire()
+            engine.expire_in_steps()
         except Exception as exc:
             print(f"mongo_server: TTL pass failed: {exc!r}", file=sys.stderr)
 
