@@ -1,6 +1,6 @@
 """The test server's fast paths give what its general path gives.
 
-The fast paths (mrq/testing/mongo_collection.py, mongo_engine.py, mongo_planner.py, mongo_auth.py,
+The fast paths (mrq/testing/mongo_collection.py, mongo_query.py, mongo_engine.py, mongo_planner.py, mongo_auth.py,
 mongo_server.py): inserts of decoded documents stored as they are (``insert_decoded``), updates of
 top-level ``$set``/``$unset``/``$inc``/``$setOnInsert`` applied in place (``plan_update``,
 ``apply_update``), findAndModify without a second lookup nor copies, the ``_id`` lookup with quick
@@ -35,10 +35,11 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
-from mrq.testing import mongo_collection, mongo_engine
-from mrq.testing.mongo_collection import FastCollection, _id_candidates, _order
+from mrq.testing import mongo_engine, mongo_query
+from mrq.testing.mongo_collection import FastCollection
 from mrq.testing.mongo_engine import Engine
 from mrq.testing.mongo_planner import ID_INDEX, check_indexed, served_by_id
+from mrq.testing.mongo_query import _id_candidates, _order
 from mrq.testing.mongo_server import OP_MSG, handle_message
 from mrq.testing.pytest_plugin import use_plain_mongodb
 
@@ -183,7 +184,7 @@ def _slow_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FastCollection, "plan_update", lambda self, document, validate=True: None)
     monkeypatch.setattr(FastCollection, "insert_decoded",
                         lambda self, data, validate=True: self._insert(data, validate=validate))  # fmt: skip
-    monkeypatch.setattr(mongo_collection, "_rest_matcher",
+    monkeypatch.setattr(mongo_query, "_rest_matcher",
                         lambda rest: functools.partial(filtering.filter_applies, rest))  # fmt: skip
     monkeypatch.setattr(mongo_engine, "served_by_id", lambda spec, sort=None, hint=None: False)
     monkeypatch.setattr(Engine, "_only_document", staticmethod(lambda cursor: None))

@@ -12,7 +12,8 @@ from mongomock_ng import MongoClient, filtering, helpers
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .mongo_auth import Auth
-from .mongo_collection import DEFAULT_BATCH, CommandError, Doc, FastCollection, Guarantees, _bson_size, _store_key
+from .mongo_collection import DEFAULT_BATCH, CommandError, Doc, FastCollection, Guarantees, _bson_size
+from .mongo_query import _store_key
 
 _INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
 

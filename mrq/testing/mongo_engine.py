@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +23,7 @@ from typing import Any
 import bson
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
-from mongomock_ng import helpers
 from mongomock_ng.aggregate import process_pipeline
-from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from .mongo_auth import Auth
 from .mongo_catalog import Catalog
@@ -38,13 +35,11 @@ from .mongo_collection import (
     Doc,
     FastCollection,
     _expire,
-    _plain,
-    _select,
-    _store_key,
-    bson_text,
     too_deep,
 )
+from .mongo_errors import _error_fields, _log_refusal, _TooLarge
 from .mongo_planner import ID_INDEX, check_indexed, exempt, pushed_down, served_by_id
+from .mongo_query import _plain, _select, _store_key
 
 MAX_MESSAGE_SIZE = 48_000_000
 MAX_WRITE_BATCH = 100_000  # statements per insert/update/delete command (mongod's maxWriteBatchSize)
@@ -59,16 +54,6 @@ _IGNORED_FIELDS = ("$db", "lsid", "$readPreference", "$clusterTime", "readConcer
                    "comment", "backpressure", "txnNumber", "autocommit", "startTransaction", "apiVersion", "apiStrict",
                    "apiDeprecationErrors")
 _IGNORED = frozenset(_IGNORED_FIELDS)
-_CODE_NAMES = {
-    1: "InternalError", 2: "BadValue", 9: "FailedToParse", 11: "UserNotFound", 13: "Unauthorized",
-    14: "TypeMismatch", 15: "Overflow", 16: "InvalidLength", 17: "ProtocolError", 18: "AuthenticationFailed",
-    20: "IllegalOperation",
-    26: "NamespaceNotFound", 27: "IndexNotFound", 31: "RoleNotFound", 43: "CursorNotFound", 48: "NamespaceExists",
-    59: "CommandNotFound", 72: "InvalidOptions", 73: "InvalidNamespace", 85: "IndexOptionsConflict",
-    238: "NotImplemented", 291: "NoQueryExecutionPlans", 334: "MechanismUnavailable", 10334: "BSONObjectTooLarge",
-    11000: "DuplicateKey", 17419: "Location17419", 17420: "Location17420", 40414: "Location40414",
-    51003: "Location51003", 5626701: "Location5626701", 5626702: "Location5626702",
-}
 # fmt: on
 #: How MongoDB spells the commands in ``serverStatus().metrics.commands`` (clients may send any case).
 _CANONICAL_NAMES = {name.lower(): name for name in (
@@ -79,37 +64,8 @@ _CANONICAL_NAMES = {name.lower(): name for name in (
     "saslStart", "saslContinue", "createUser", "updateUser", "dropUser", "usersInfo", "connectionStatus",
     "convertToCapped",
 )}  # fmt: skip
-#: Codes of the refusals the server logs: unauthorized, authentication failed, no indexed plan.
-_LOGGED_CODES = (13, 18, 291)
 _UNSUPPORTED_FIND_OPTIONS = ("tailable", "awaitData", "min", "max", "returnKey", "showRecordId")
 _COUNT_STAGE = {"$group": {"_id": 1, "n": {"$sum": 1}}}  # what pymongo's count_documents ends with
-
-
-class _TooLarge:
-    """Stands for a document of a document sequence that exceeds ``MAX_BSON_SIZE``."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
-def _error_fields(exc: BaseException) -> Doc:
-    if isinstance(exc, CommandError):
-        code = exc.code
-    elif isinstance(exc, PyMongoError):
-        code = getattr(exc, "code", None) or 2
-    elif isinstance(exc, NotImplementedError):
-        code = 238
-    else:
-        code = 2 if isinstance(exc, (ValueError, TypeError, bson.InvalidDocument)) else 1
-    message = getattr(exc, "_message", None) or str(exc) or type(exc).__name__
-    fields: Doc = {"errmsg": message, "code": code, "codeName": _CODE_NAMES.get(code, "UnknownError")}
-    details = getattr(exc, "details", None)
-    if isinstance(exc, DuplicateKeyError) and isinstance(details, dict):
-        fields.update({k: details[k] for k in ("keyPattern", "keyValue") if k in details})
-        pattern = list(fields.get("keyPattern", {"_id": 1}).items())
-        index = "_id_" if pattern == [("_id", 1)] else helpers.gen_index_name(pattern)
-        fields["errmsg"] = f"E11000 duplicate key error index: {index} dup key: {fields.get('keyValue')}"
-    return fields
 
 
 class _Cursor:
@@ -531,11 +487,3 @@ class Engine(Catalog):
                 cstore.__dict__.pop("_mrq_unique", None)  # written behind FastCollection's back
             docs = []
         return self._cursor_reply(f"{db}.{name}", docs, int((cmd.get("cursor") or {}).get("batchSize", DEFAULT_BATCH)))
-
-
-def _log_refusal(exc: BaseException, db: str, cmd: Any) -> None:
-    """One line on stderr for each refusal an operator would look for (codes 13, 18, 291)."""
-    code = getattr(exc, "code", None)
-    if code in _LOGGED_CODES:
-        shown = bson_text(cmd) if isinstance(cmd, dict) else repr(cmd)
-        print(f"mongo_server: refused (code {code}) on {db}: {shown[:2000]} :: {exc}", file=sys.stderr, flush=True)
