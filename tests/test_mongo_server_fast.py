@@ -175,6 +175,14 @@ BATTERY: list[tuple[dict[str, Any], Any]] = [
     _update("other", {"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}),
     _find("c", {}),
     _find("other", {}),
+    # mrq's final write: guarded on the dependents read at start ($exists: false when none).
+    _update("c", {"q": {"_id": OID[0], "status": "started", "dependents": {"$exists": False}},
+                  "u": {"$set": {"fin": 1}}}),
+    _update("c", {"q": {"_id": OID[1]}, "u": {"$set": {"dependents": None}}}),  # null: the field exists
+    _update("c", {"q": {"_id": OID[1], "dependents": {"$exists": False}}, "u": {"$set": {"fin": 2}}}),
+    _update("c", {"q": {"_id": OID[1], "dependents": {"$exists": True}}, "u": {"$set": {"fin": 3}}}),
+    _find("c", {"_id": {"$in": [OID[0], OID[1], OID[2]]}, "dependents": {"$exists": False}}),
+    _find("c", {"_id": {"$in": [OID[0], OID[1]]}, "dependents": {"$exists": 0}}),  # not a bool: the engine
 ]
 # fmt: on
 

@@ -163,24 +163,32 @@ def _plain(value: Any) -> bool:
 
 def _rest_matcher(rest: Doc) -> Callable[[Doc], bool]:
     """``lambda doc: filtering.filter_applies(rest, doc)``, quicker when the conditions are on
-    top-level fields and compare to a string or an ObjectId, or ``$in`` a list of those: against
-    a string or ObjectId value, Python's equality between these is the engine's, and a missing
-    field matches none of them. A document with another value there goes to the engine.
-    Conditions are looked at in order, as the engine does, so the first that fails decides."""
-    compiled: list[tuple[str, Any, frozenset[Any] | None]] = []
+    top-level fields and compare to a string or an ObjectId, or ``$in`` a list of those, or are
+    ``$exists`` (mrq's final writes guard on ``dependents: {$exists: false}``): against a string
+    or ObjectId value, Python's equality between these is the engine's, and a missing field
+    matches none of them; a field exists when the document has the key, whatever its value. A
+    document with another value there goes to the engine. Conditions are looked at in order, as
+    the engine does, so the first that fails decides."""
+    compiled: list[tuple[str, Any, frozenset[Any] | None, bool | None]] = []
     for key, cond in rest.items():
         if not key or key[0] == "$" or "." in key:
             return partial(filtering.filter_applies, rest)
         if type(cond) is dict and len(cond) == 1 and "$in" in cond and type(cond["$in"]) is list \
                 and all(type(v) is str or type(v) is ObjectId for v in cond["$in"]):  # fmt: skip
-            compiled.append((key, None, frozenset(cond["$in"])))
+            compiled.append((key, None, frozenset(cond["$in"]), None))
+        elif type(cond) is dict and len(cond) == 1 and "$exists" in cond and type(cond["$exists"]) is bool:
+            compiled.append((key, None, None, cond["$exists"]))
         elif type(cond) is str or type(cond) is ObjectId:
-            compiled.append((key, cond, None))
+            compiled.append((key, cond, None, None))
         else:
             return partial(filtering.filter_applies, rest)
 
     def matches(doc: Doc) -> bool:
-        for key, cond, values in compiled:
+        for key, cond, values, exists in compiled:
+            if exists is not None:
+                if (key in doc) is not exists:
+                    return False
+                continue
             actual = doc.get(key, _MISSING)
             actual_type = type(actual)
             if actual_type is not str and actual_type is not ObjectId:
