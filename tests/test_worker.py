@@ -343,3 +343,19 @@ def test_connection_error_retries_can_be_turned_off(store: Store, worker_factory
     worker_factory(env={"MRQ_RETRY_ON_CONNECTION_ERRORS": "0"})
     data = wait_status(queue_job(f"{TASKS}.FlakyConnection", {}), "failed")
     assert data["exceptiontype"] == "AutoReconnect"
+
+
+def test_an_idle_worker_is_woken_by_its_notification_after_long_silences(store: Store, worker_factory: Any) -> None:
+    """The listener reads its channel without a timeout of its own; the Redis client drops the
+    connection after `redis_timeout` seconds of silence and the listener subscribes again. A job
+    queued after several such silences still wakes the worker at once, not at its 5 s re-check."""
+    worker = worker_factory("--greenlets", "2", env={"MRQ_REDIS_TIMEOUT": "0.5"})
+    wait_status(queue_job("tests.tasks.general.Add", {"a": 1, "b": 1}), "success")
+    for _ in range(2):
+        time.sleep(1.6)  # past three socket timeouts: the listener subscribed again
+        started = time.monotonic()
+        job_id = queue_job("tests.tasks.general.Add", {"a": 1, "b": 2})
+        wait_status(job_id, "success", timeout=10)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.5, f"picked up after {elapsed:.2f}s: not woken by its notification"
+    assert worker.running
