@@ -118,14 +118,15 @@ def requeue_started_jobs(store: Store, timeout: float | None = 300.0, *, op_time
     return total
 
 
-def resettle_waiting(store: Store, min_age: float = 60.0) -> dict[str, int]:
+def resettle_waiting(store: Store, min_age: float = 60.0, *, op_timeout: float | None = None) -> dict[str, int]:
     """Jobs waiting for more than `min_age` seconds whose dependencies have ended are settled (a
     producer that died between registering a job and reading its dependencies' statuses, or a
-    dependency whose settling was lost with a worker that nobody recovered)."""
+    dependency whose settling was lost with a worker whose running set Redis lost). Idempotent,
+    and safe at any age: every step is a set addition or a guarded transition."""
     cutoff = utcnow() - timedelta(seconds=min_age)
     totals = {"queued": 0, "cancelled": 0}
     query = {"status": statuses.WAITING, "datequeued": {"$lte": cutoff}}
-    for found in operations.pages(store, query, {"depends_on": 1, "dependencies_ended": 1}):
+    for found in operations.pages(store, query, {"depends_on": 1, "dependencies_ended": 1}, op_timeout=op_timeout):
         missing: dict[ObjectId, list[ObjectId]] = defaultdict(list)
         for doc in found:
             done = set(doc.get("dependencies_ended") or ())

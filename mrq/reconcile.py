@@ -8,7 +8,8 @@ the one MongoDB was last reconciled with: the `<p>:epoch` key holds that server'
 `run_id`s; a restart or a failover changes them). When the key is missing or names another
 server, one worker (holding `<p>:reconciling`) runs a complete pass (the steps are in
 Reconciler's docstring): paused flags restored from MongoDB, waiting jobs put back
-(maintenance.requeue_lost_jobs), `started` jobs of workers that died meanwhile taken back. The
+(maintenance.requeue_lost_jobs), `started` jobs of workers that died meanwhile taken back, jobs
+waiting for dependencies that ended released (maintenance.resettle_waiting). The
 epoch is written only after the pass completes; a step that fails (MongoDB unreachable...) is
 simply tried again at the next check, by whichever worker gets there first.
 """
@@ -23,7 +24,7 @@ import pymongo
 import redis.exceptions
 
 from .connections import is_cluster
-from .maintenance import requeue_lost_jobs, requeue_started_jobs
+from .maintenance import requeue_lost_jobs, requeue_started_jobs, resettle_waiting
 from .queue import restore_paused
 from .storage.leases import Leases
 from .store import Store, strings
@@ -137,6 +138,9 @@ class Reconciler:
             if orphans:
                 log.warning("reconciled Redis with MongoDB: %d started jobs of workers that died while Redis lost "
                             "their leases were queued again (they may have run partly)", orphans)
+            # A worker that died after storing a job's final status, before releasing the jobs that
+            # wait for it, left that job's id in a running set Redis has now lost: release them here.
+            resettle_waiting(self.store, min_age=0, op_timeout=self._op_timeout)
             del self._due["started"]
         if self._due:
             return False

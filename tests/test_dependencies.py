@@ -131,6 +131,32 @@ def test_dependents_survive_a_kill_9_between_the_final_write_and_their_release(
     assert store.redis.llen(store.keys.queue_ids("default")) == 0
 
 
+def test_dependents_survive_a_kill_9_there_and_redis_losing_its_data(mrq_settings: Any, own_redis: Any,
+                                                                      worker_factory: Any) -> None:
+    """Two faults at once: the worker dies where the dependency's status is stored and its
+    dependents are not released, and Redis loses everything (the dead worker's running set, the
+    only trace of what it was doing, with it). Reconciliation releases them."""
+    record = "tests.tasks.general.RecordExecution"
+    settings = mrq_settings.replace(redis=own_redis.url)
+    store = Store(settings)
+    try:
+        a = queue_job(record, {}, store=store)
+        dependents = queue_jobs(record, [{}] * 3, depends_on=[a], store=store)
+        victim = worker_factory("--greenlets", "4", settings=settings,
+                                env={**FAST_LEASE, "MRQ_TEST_STOP_AT": "before_settle"})
+        wait_until(lambda: psutil.Process(victim.pid).status() == psutil.STATUS_STOPPED, 30, message="worker stopped")
+        assert status(store, a) == "success" and {status(store, i) for i in dependents} == {"waiting"}
+        store.redis.flushall()
+        victim.send(signal.SIGKILL)
+        victim.wait(10)
+        worker_factory("--greenlets", "10", settings=settings, env=FAST_LEASE)
+        wait_status(store, dependents, "success", timeout=45)
+        runs = {d["_id"]: d["count"] for d in store.connections.mongodb_jobs.executions.find()}
+        assert runs == {job_id: 1 for job_id in [a, *dependents]}
+    finally:
+        store.close()
+
+
 def victim_worker_id(store: Store) -> str:
     workers = list(store.workers.find({}, {"_id": 1}))
     assert len(workers) == 1
