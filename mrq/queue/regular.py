@@ -125,6 +125,14 @@ class RegularQueue(Queue):
         if own:
             pipe.execute()
 
+    def claim_landing(self, worker_id: str) -> list[str]:
+        """Move the ids a worker's blocking pickup left in its landing list into its running set
+        (claim_landing.lua; cancelled ones are dropped). Returns them."""
+        keys = self.store.keys
+        return strings(self.store.scripts.claim_landing(
+            keys=[keys.queue_landing(self.name, worker_id), keys.queue_running(self.name, worker_id),
+                  keys.queue_cancelled(self.name)]))
+
     def hold(self, worker_id: str, ids: Sequence[str]) -> None:
         """Put ids back in a worker's running set (a worker whose lease was lost re-registers the
         jobs it still runs)."""
@@ -201,8 +209,9 @@ class RegularQueue(Queue):
         return strings(self.store.redis.sscan_iter(key, count=1000))
 
     def held_ids(self, worker_ids: Sequence[str]) -> Iterator[bytes | str]:
-        """Every id Redis holds for this queue: listed, delayed, in the running set of any of
-        `worker_ids`. Read a window at a time (no command reads more than WINDOW ids)."""
+        """Every id Redis holds for this queue: listed, delayed, in the running set or the landing
+        list of any of `worker_ids`. Read a window at a time (no command reads more than WINDOW
+        ids; a landing list holds an id or two)."""
         redis, keys = self.store.redis, self.store.keys
         start = 0
         while True:
@@ -214,6 +223,7 @@ class RegularQueue(Queue):
         for member, _score in redis.zscan_iter(keys.queue_delayed(self.name), count=WINDOW):
             yield member
         for worker_id in worker_ids:
+            yield from redis.lrange(keys.queue_landing(self.name, worker_id), 0, WINDOW - 1)
             yield from redis.sscan_iter(keys.queue_running(self.name, worker_id), count=1000)
 
 

@@ -91,6 +91,12 @@ class Keys:
         """SET of the ids a worker took from the queue and has not finished (its in-flight jobs)."""
         return f"{self.queue_tag(queue)}:running:{worker_id}"
 
+    def queue_landing(self, queue: str, worker_id: str) -> str:
+        """LIST where an idle worker's blocking pickup (`BLMOVE`) puts the id it takes, for the
+        instant before claim_landing.lua moves it into the worker's running set. Recovery and
+        reconciliation treat it as part of the running set."""
+        return f"{self.queue_tag(queue)}:landing:{worker_id}"
+
     def queue_delayed(self, queue: str) -> str:
         """ZSET id -> unix time at which the job (a delayed retry) goes back to the queue."""
         return self.queue_tag(queue) + ":delayed"

@@ -16,7 +16,7 @@ import redis
 from redis.commands.core import Script
 
 _NAMES = ("dequeue", "cancel", "lock", "requeue_running", "lease", "expired_workers", "lease_deadlines", "timed_pop",
-          "acquire_slot", "take_ids", "forget_queues", "move_to_back")
+          "acquire_slot", "take_ids", "forget_queues", "move_to_back", "claim_landing")
 _SOURCES: dict[str, str] = {
     name: resources.files(__package__).joinpath("lua", f"{name}.lua").read_text() for name in _NAMES
 }
@@ -62,6 +62,7 @@ class Scripts:
         self.take_ids = LuaScript(client, _SOURCES["take_ids"])
         self.forget_queues = LuaScript(client, _SOURCES["forget_queues"])
         self.move_to_back = LuaScript(client, _SOURCES["move_to_back"])
+        self.claim_landing = LuaScript(client, _SOURCES["claim_landing"])
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, Scripts] = weakref.WeakKeyDictionary()

@@ -2,8 +2,9 @@
 
 The loop takes only as many job ids as it has free greenlets (no prefetch), moving them
 atomically from the queue into its running set in Redis (a Lua script), marks them `started` in
-MongoDB with one guarded update, and runs each in a greenlet. When nothing is queued it waits on
-an event set by queue notifications (pub/sub), finished jobs, due retries and signals: a new job
+MongoDB with one guarded update, and runs each in a greenlet. When nothing is queued, a worker of
+one queue waits inside Redis for the next id (a blocking move, pickup.py); any other waits on an
+event set by queue notifications (pub/sub), finished jobs, due retries and signals: a new job
 starts within milliseconds, and an idle worker costs nothing. Every change of a job's status goes
 through the lifecycle (mrq.lifecycle.HeldJobs).
 
@@ -20,7 +21,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -48,11 +48,13 @@ from ..storage.leases import Leases
 from ..store import Store
 from .admin import AdminServer
 from .execution import RunningJob, execute
+from .exiting import jobs_left, within
 from .housekeeping import Housekeeping
 from .lease import LeaseKeeper
 from .metrics import WorkerMetrics
 from .notify import NotificationListener
 from .outcomes import OutcomeRecorder
+from .pickup import BlockingPickup
 from .report import build_report
 from .selection import QueueSelector
 from .starting import JobStarter
@@ -104,6 +106,8 @@ class Worker:
         self._check_raw_queues()
         self.starter = JobStarter(self.store, self.held, self.oid, self.running, self.writer.pending)
         self.wake = gevent.event.Event()
+        self.pickup = BlockingPickup(self.store, self.id, settings.redis_timeout)
+        self._block_until = 0.0  # unix time at which the current blocking pickup ends by itself
         self.status = "init"
         self.done_jobs = 0
         self.started_jobs = 0
@@ -214,13 +218,14 @@ class Worker:
         else:
             self.pool.join()  # a second SIGINT or a SIGTERM interrupts the jobs and ends this wait
         self.writer.wait_idle(timeout=SHUTDOWN_WRITE_WAIT)
+        self.pickup.close()
         if self._listener is not None:
             self._listener.stop()
         self.housekeeping.stop()
-        self._within(5.0, self.housekeeping.flush_logs)
+        within(5.0, self.housekeeping.flush_logs)
         if self.log_handler is not None:
             logging.getLogger("mrq.current").removeHandler(self.log_handler)
-        left = self._jobs_left()
+        left = jobs_left(self, self.leases)
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.lease is not None:
@@ -232,43 +237,16 @@ class Worker:
                         "back within %gs", left, self.settings.worker_lease + self.settings.worker_lease / 3)
             self.exitcode = self.exitcode or EXIT_JOBS_LEFT
         else:
-            self._within(5.0, lambda: self.store.redis.delete(self.store.keys.worker_queues(self.id)))
+            within(5.0, lambda: self.store.redis.delete(self.store.keys.worker_queues(self.id)))
         self.set_status("stop")
         profile = self.tracing.worker_profile()
         if profile:
             log.info("worker profile (top functions by cumulative time):\n%s", profile)
-        self._within(5.0, lambda: self.report(extra={"profile": profile} if profile else None))
+        within(5.0, lambda: self.report(extra={"profile": profile} if profile else None))
         if self.admin is not None:
             self.admin.stop()
         log.info("worker %s stopped after %d jobs", self.name, self.done_jobs)
         current.set_current_worker(None)
-
-    def _jobs_left(self) -> str:
-        """What keeps this worker from releasing its lease ("" when nothing does): jobs still
-        running, writes not stored or not acknowledged, ids still in its running sets."""
-        if self.running:
-            return f"{len(self.running)} jobs still running"
-        if not self.writer.idle:
-            return f"{len(self.writer.pending())} final statuses not stored or not acknowledged"
-
-        def held() -> int:
-            return sum(len(RegularQueue(name, self.store).running_ids(self.id))
-                       for name in self.leases.queues_of(self.id))
-
-        count = self._within(5.0, held)
-        if count is None:
-            return "its running sets unreadable (Redis unreachable)"
-        return f"{count} job ids still in its running sets" if count else ""
-
-    @staticmethod
-    def _within(seconds: float, operation: Callable[[], T]) -> T | None:
-        """Run a store operation at exit, at most `seconds` long; None when it failed or timed out."""
-        try:
-            with gevent.Timeout(seconds):
-                return operation()
-        except (gevent.Timeout, *STORE_ERRORS) as exc:
-            log.warning("at exit: %s", exc or "timed out")
-            return None
 
     def install_signal_handlers(self) -> bool:
         """True when this is the process's main greenlet (the worker owns the process)."""
@@ -302,6 +280,7 @@ class Worker:
             self.set_status("kill")
             gevent.spawn(self._interrupt_running)
         self.wake.set()
+        self.pickup.unblock()
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -346,7 +325,30 @@ class Worker:
                 self.wake.wait(1.0)
                 continue
             self.set_status("wait")
-            self.wake.wait(self._idle_timeout())
+            if not self._wait_blocking():
+                self.wake.wait(self._idle_timeout())
+
+    def _wait_blocking(self) -> bool:
+        """An idle worker of one queue waits inside Redis for its next job and starts it
+        (pickup.py). False when it cannot (several queues, a paused queue...)."""
+        queue = self.selector.sole_queue(self.paused)
+        if queue is None or not self.pickup.supports(queue):
+            return False
+        timeout = self._idle_timeout()
+        self._block_until = time.time() + timeout
+        try:
+            items = self.pickup.take(queue, timeout)
+        except STORE_ERRORS as exc:
+            log.debug("blocking pickup failed: %s", exc)
+            self.wake.wait(0.5)  # the next take goes through the outage's retries
+            return True
+        if items:
+            self.set_status("spawn")
+            self.start_jobs([(queue, items)])
+            if self.shutdown_now:  # the stop's interruption may have run before these started
+                self._interrupt_running()
+            gevent.sleep(0)  # let the job start before looking at the queues again
+        return True
 
     def _idle_timeout(self) -> float:
         timeout = IDLE_RECHECK
@@ -363,9 +365,13 @@ class Worker:
             return
         if data and data.startswith(b"at:"):
             try:
-                self.selector.note_due(float(data[3:]))
+                due = float(data[3:])
             except ValueError:
-                pass
+                due = None
+            if due is not None:
+                self.selector.note_due(due)
+                if due < self._block_until:
+                    self.pickup.unblock()
         if channel is not None:
             self.selector.notified(channel[len(self.store.keys.notify_channel("")):])
         self.wake.set()
@@ -373,7 +379,7 @@ class Worker:
     def _on_control(self, data: bytes) -> None:
         command, _, argument = data.decode(errors="replace").partition(" ")
         if command == "paused":
-            gevent.spawn(self.housekeeping.refresh_paused)
+            gevent.spawn(self._paused_changed)
             return
         if command == "abort":
             job = self.running.get(argument.strip())
@@ -381,6 +387,10 @@ class Worker:
                 job.aborted = True
                 log.warning("job %s (%s): abort requested, stopping it", job.id, job.path)
                 job.kill(AbortInterrupt("job aborted from outside while running"))
+
+    def _paused_changed(self) -> None:
+        self.housekeeping.refresh_paused()
+        self.pickup.unblock()  # a blocking pickup must not take a job of a queue paused meanwhile
 
     def start_jobs(self, taken: list[tuple[Queue, list[Any]]]) -> None:
         hook = self.settings.metric_hook

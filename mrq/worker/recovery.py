@@ -1,7 +1,8 @@
 """Taking back the jobs of dead workers.
 
 Every live worker looks every few seconds for workers whose lease has expired. For each, it
-reads the ids in that worker's running sets (a window at a time), and gives them back through
+reads the ids in that worker's running sets (a window at a time; first moving there what its
+landing lists hold, see pickup.py), and gives them back through
 the lifecycle (`operations.recover_running`: MongoDB first, guarded; then one atomic move per
 batch that moves only ids still in the dead worker's set). Running it twice, or in two workers
 at once, neither duplicates nor loses an id. The dead worker's entry goes only once its running
@@ -38,6 +39,7 @@ def recover_worker(store: Store, dead_id: str, max_recoveries: int) -> dict[str,
     leftover = False
     for name in registry.queues_of(dead_id):
         queue = RegularQueue(name, store)
+        queue.claim_landing(dead_id)  # an id its blocking pickup moved, not yet in its running set
         ids = sorted(queue.running_ids(dead_id))
         corrupt = [job_id for job_id in ids if not ObjectId.is_valid(job_id)]
         if corrupt:

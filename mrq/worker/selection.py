@@ -135,6 +135,18 @@ class QueueSelector:
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries]
 
+    def sole_queue(self, paused: set[str]) -> Queue | None:
+        """The queue of a worker given exactly one, not paused, without a task filter (an idle
+        worker may then wait for its next job inside Redis), else None."""
+        if len(self.entries) != 1 or self.strategy == "burst":
+            return None
+        entry = self.entries[0]
+        if isinstance(entry, SubqueueGroup) or is_paused_in(entry.name, paused):
+            return None
+        if self.task_filter is not None and isinstance(entry, RegularQueue):
+            return None
+        return entry
+
     # --- taking ------------------------------------------------------------------------------------
 
     def take(self, free: int, paused: set[str]) -> Taken:

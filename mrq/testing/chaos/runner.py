@@ -389,6 +389,12 @@ class Run:
                 state = "live" if worker_id in ev.live_workers else "dead"
                 for job_id in strings(client.smembers(key)):
                     where[job_id].append(f"running set of {state} worker {worker_id}")
+            prefix = keys.queue_landing(queue, "")
+            for key in strings(client.scan_iter(match=prefix + "*")):
+                worker_id = key[len(prefix):]
+                state = "live" if worker_id in ev.live_workers else "dead"
+                for job_id in strings(client.lrange(key, 0, -1)):
+                    where[job_id].append(f"landing list of {state} worker {worker_id}")
         ev.in_redis = dict(where)
         ev.raw_waiting = set(strings(client.lrange(keys.raw_queue(RAW_QUEUE), 0, -1)))
 
