@@ -15,7 +15,7 @@ import redis
 from mrq import current, maintenance
 from mrq.config import Settings
 from mrq.job import queue_job, queue_raw_jobs
-from mrq.queue import pause_queue, resume_queue
+from mrq.queue import RegularQueue, pause_queue, resume_queue
 from mrq.store import Store
 from mrq.testing.stack import RedisServer
 from mrq.testing.workers import wait_until
@@ -156,3 +156,52 @@ def test_a_redis_user_without_client_commands_still_gets_blocking_pickups(
             store.close()
     finally:
         server.close()
+
+
+def test_a_redis_user_refused_blmove_gets_notifications_again(mrq_settings: Settings, worker_factory: Any) -> None:
+    """BLMOVE refused after the worker started (an ACL, a proxy): the worker turns the blocking
+    pickup off and subscribes to its queue's notifications, so a job still starts at once."""
+    from tests.test_least_privilege import PASSWORD, acl_line
+
+    server = RedisServer()
+    server.start()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.acl_setuser("mrq", enabled=True, passwords=[f"+{PASSWORD}"], reset=True)
+        admin.execute_command("ACL", "SETUSER", "mrq", *acl_line(mrq_settings.redis_prefix), "-blmove")
+        settings = mrq_settings.replace(redis=f"redis://mrq:{PASSWORD}@127.0.0.1:{server.port}/0")
+        store = Store(settings)
+        try:
+            worker = worker_factory("--greenlets", "5", "default", settings=settings)
+            worker.wait_for_output("blocking pickup turned off", 20)
+            channels = [c.decode() for c in admin.pubsub_channels()]
+            assert store.keys.notify_channel("default") in channels
+            time.sleep(0.5)
+            started = time.monotonic()
+            job = queue_job(RECORD, {}, store=store)
+            wait_until(lambda: status(store, job) == "success", 20, message="job done")
+            # Woken by the notification, not by the 5 s look at the queue of a worker with neither.
+            assert time.monotonic() - started < 3.0
+        finally:
+            store.close()
+    finally:
+        server.close()
+
+
+def test_delayed_jobs_are_announced_on_the_due_channel_and_a_blocked_worker_wakes_for_them(
+        store: Store, worker_factory: Any) -> None:
+    worker = worker_factory("--greenlets", "5", "default")
+    idle(store, worker)
+    channels = [c.decode() for c in store.redis.pubsub_channels()]
+    # The blocked worker does not listen to pushes (the push itself wakes it), only to due times.
+    assert store.keys.due_channel("default") in channels
+    assert store.keys.notify_channel("default") not in channels
+    # Another worker schedules a retry due in 0.3 s while this one blocks (for up to 5 s).
+    job = queue_job(RECORD, {}, queue="elsewhere")
+    store.jobs.update_one({"_id": job}, {"$set": {"status": "retry", "queue": "default"}})
+    store.redis.delete(store.keys.queue_ids("elsewhere"))
+    time.sleep(0.5)
+    scheduled = time.monotonic()
+    RegularQueue("default", store).push_delayed({str(job): time.time() + 0.3})
+    wait_until(lambda: status(store, job) == "success", 20, message="delayed job done")
+    assert time.monotonic() - scheduled < 1.5  # woken by the due message, not by the block's end

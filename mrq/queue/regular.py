@@ -78,7 +78,7 @@ class RegularQueue(Queue):
         self._note_known(pipe)
         try:
             execute_and_publish(pipe, store.redis,
-                                [(store.keys.notify_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
+                                [(store.keys.due_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
         except BaseException:
             store.forget_notes()
             raise
@@ -158,8 +158,10 @@ class RegularQueue(Queue):
         ))
         due = [score for _, action, score in moves if action == "d"]
         if moved:
-            message = f"at:{min(due):f}" if due and not any(a == "q" for _, a, _ in moves) else str(moved)
-            self.store.redis.publish(keys.notify_channel(self.name), message)
+            if due and not any(a == "q" for _, a, _ in moves):
+                self.store.redis.publish(keys.due_channel(self.name), f"at:{min(due):f}")
+            else:
+                self.store.redis.publish(keys.notify_channel(self.name), str(moved))
         return moved
 
     def cancel(self, ids: Sequence[str]) -> None:

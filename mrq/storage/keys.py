@@ -187,6 +187,11 @@ class Keys:
         """Channel published on when jobs are queued (payload: how many). Idle workers wake on it."""
         return f"{self.prefix}:notify:{queue}"
 
+    def due_channel(self, queue: str) -> str:
+        """Channel published on when a delayed job of the queue is scheduled (payload:
+        `at:<unix time>`, when it is due). Idle workers look at the queue again then."""
+        return f"{self.prefix}:due:{queue}"
+
     @property
     def control_channel(self) -> str:
         """Channel of commands to workers: `abort <job id>` (abort a running job), `paused`
@@ -196,3 +201,7 @@ class Keys:
     def notify_pattern(self, queue_prefix: str) -> str:
         """Pattern matching the channels of every subqueue of `queue_prefix` (which ends with '/')."""
         return f"{self.prefix}:notify:{queue_prefix}*"
+
+    def due_pattern(self, queue_prefix: str) -> str:
+        """Pattern matching the due channels of every subqueue of `queue_prefix`."""
+        return f"{self.prefix}:due:{queue_prefix}*"

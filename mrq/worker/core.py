@@ -176,8 +176,8 @@ class Worker:
         self.lease = LeaseKeeper(self.settings, self.id)
         self.lease.start()
         self._listener = NotificationListener(
-            self.store.redis, [*self.selector.channels(), self.store.keys.control_channel], self.selector.patterns(),
-            self._on_message,
+            self.store.redis, [*self.selector.channels(self._blocking_queue()), self.store.keys.control_channel],
+            self.selector.patterns(), self._on_message,
         )
         self._listener.start()
         self.housekeeping.start()
@@ -328,6 +328,14 @@ class Worker:
             if not self._wait_blocking():
                 self.wake.wait(self._idle_timeout())
 
+    def _blocking_queue(self) -> str | None:
+        """The queue an idle worker waits on inside Redis (its only one, of a kind that allows
+        it, on a Redis that has BLMOVE); its jobs then need no notification."""
+        queue = self.selector.sole_queue(set())
+        if queue is None or not self.pickup.supports(queue) or not self.pickup.probe():
+            return None
+        return queue.name
+
     def _wait_blocking(self) -> bool:
         """An idle worker of one queue waits inside Redis for its next job and starts it
         (pickup.py). False when it cannot (several queues, a paused queue...)."""
@@ -342,6 +350,8 @@ class Worker:
             log.debug("blocking pickup failed: %s", exc)
             self.wake.wait(0.5)  # the next take goes through the outage's retries
             return True
+        if not self.pickup.enabled and self._listener is not None:  # refused (an old Redis, an ACL)
+            self._listener.resubscribe([*self.selector.channels(), self.store.keys.control_channel])
         if items:
             self.set_status("spawn")
             self.start_jobs([(queue, items)])
@@ -373,7 +383,9 @@ class Worker:
                 if due < self._block_until:
                     self.pickup.unblock()
         if channel is not None:
-            self.selector.notified(channel[len(self.store.keys.notify_channel("")):])
+            for prefix in (self.store.keys.notify_channel(""), self.store.keys.due_channel("")):
+                if channel.startswith(prefix):
+                    self.selector.notified(channel[len(prefix):])
         self.wake.set()
 
     def _on_control(self, data: bytes) -> None:

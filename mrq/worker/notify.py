@@ -80,6 +80,16 @@ class NotificationListener:
             self.on_message(channel.decode() if isinstance(channel, bytes) else str(channel),
                             data if isinstance(data, bytes) else str(data).encode())
 
+    def resubscribe(self, channels: list[str]) -> None:
+        """Listen on `channels` from now on: the listening greenlet and its connection are
+        replaced (the new one calls on_message(None, None) once subscribed)."""
+        self.channels = channels
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=2)
+        self._close_pubsub()
+        self._subscribed.clear()
+        self._greenlet = gevent.spawn(self._run)
+
     def _close_pubsub(self) -> None:
         if self._pubsub is not None:
             try:

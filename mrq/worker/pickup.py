@@ -58,6 +58,18 @@ class BlockingPickup:
         self._claim_sha: str | None = None
         self._dirty: set[str] = set()  # queues whose landing list may hold ids after a failed call
 
+    def probe(self) -> bool:
+        """Whether the server has BLMOVE (Redis 6.2+); turns the blocking pickup off if not."""
+        try:
+            info: Any = self.store.redis.info("server")
+            version = tuple(int(part) for part in str(info.get("redis_version", "0")).split(".")[:2])
+        except Exception as exc:
+            log.info("blocking pickup off: the Redis version could not be read (%s)", exc)
+            version = (0, 0)
+        if version < (6, 2):
+            self.enabled = False
+        return self.enabled
+
     def supports(self, queue: Queue) -> bool:
         if not self.enabled:
             return False
@@ -146,7 +158,8 @@ class BlockingPickup:
             self._client_id = None
         if isinstance(replies[1], Exception):
             self.enabled = False
-            log.warning("blocking pickup turned off (%s): an idle worker waits for notifications instead", replies[1])
+            log.warning("blocking pickup turned off (%s): this idle worker waits for notifications instead",
+                        replies[1])
             return [None, None, []]
         return replies
 

@@ -108,11 +108,18 @@ class QueueSelector:
 
     # --- notifications ---------------------------------------------------------------------------
 
-    def channels(self) -> list[str]:
-        return [self.store.keys.notify_channel(e.name) for e in self.entries if isinstance(e, Queue)]
+    def channels(self, blocking: str | None = None) -> list[str]:
+        """The channels to subscribe to: each queue's due channel, and its notify channel unless
+        it is `blocking` (an idle worker waits for its jobs inside Redis: pickup.py)."""
+        keys = self.store.keys
+        queues = [e.name for e in self.entries if isinstance(e, Queue)]
+        return [keys.due_channel(name) for name in queues] + \
+            [keys.notify_channel(name) for name in queues if name != blocking]
 
     def patterns(self) -> list[str]:
-        return [self.store.keys.notify_pattern(e.name) for e in self.entries if isinstance(e, SubqueueGroup)]
+        keys = self.store.keys
+        groups = [e.name for e in self.entries if isinstance(e, SubqueueGroup)]
+        return [keys.notify_pattern(name) for name in groups] + [keys.due_pattern(name) for name in groups]
 
     def notified(self, queue_name: str) -> None:
         """A notification arrived for `queue_name`: a subqueue may be new, or have work again."""
