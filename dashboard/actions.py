@@ -81,7 +81,8 @@ class Actions:
             raise Conflict(str(exc)) from None
         if not cancelled:
             status = job.fetch({"status": 1}).status
-            raise Conflict(f"job {job_id} is {status}: only a queued job can be cancelled")
+            raise Conflict(f"job {job_id} is {status}: only a job that has not started (queued, waiting for its "
+                           f"dependencies, or waiting for a retry) can be cancelled; abort a running job instead")
         self.record(actor, "cancel", target=str(job_id), count=1)
         return {"id": job_id, "status": CANCEL}
 

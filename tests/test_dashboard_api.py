@@ -282,7 +282,7 @@ def test_cancel_requeue_and_the_audit_log(client: FlaskClient, store: Store) -> 
     assert response.status_code == 200 and response.json == {"id": str(job_id), "status": "cancel"}
     assert Job(job_id, store).fetch().status == "cancel"
     assert Queue("held", store).size() == 0
-    assert "only a queued job can be cancelled" in error_of(client.post(f"/api/jobs/{job_id}/cancel"), 409)
+    assert "only a job that has not started" in error_of(client.post(f"/api/jobs/{job_id}/cancel"), 409)
     assert client.post(f"/api/jobs/{job_id}/requeue").json["status"] == "queued"
     assert Job(job_id, store).fetch().status == "queued" and Queue("held", store).size() == 1
     assert client.post(f"/api/jobs/{job_id}/requeue").json["status"] == "queued"  # queued: to the back (MRQ)
