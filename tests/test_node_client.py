@@ -5,7 +5,8 @@ MongoDB database (strict mode included: the Node driver authenticates as the per
 Before the Node suite starts, Python's `queue_jobs` queues the reference jobs of
 clients/node/test/fixtures/reference-jobs.json on a Redis prefix of their own, listening to the
 wake-up messages it publishes; the Node suite queues the same jobs on another prefix and compares
-documents (field for field, BSON type for type), Redis keys and messages with Python's.
+documents (field for field, BSON type for type), Redis keys and messages with Python's. The same
+for the jobs that wait for others of fixtures/waiting-jobs.json, on dependencies the worker ran.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from bson import ObjectId
 
 from mrq.config import Settings
 from mrq.exceptions import InvalidJob, InvalidQueueName
@@ -31,11 +33,12 @@ from mrq.queue.producer import queue_jobs
 from mrq.storage.keys import validate_job_queue
 from mrq.store import Store
 from mrq.task.paths import validate_task_path
-from mrq.testing.workers import WorkerProcess, command_env
+from mrq.testing.workers import WorkerProcess, command_env, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "node"
 REFERENCE = CLIENT / "test" / "fixtures" / "reference-jobs.json"
+WAITING = CLIENT / "test" / "fixtures" / "waiting-jobs.json"
 VALIDATION = CLIENT / "test" / "fixtures" / "validation-cases.json"
 NODE_TIMEOUT = 100  # seconds; the suite takes 5 to 10
 
@@ -93,6 +96,56 @@ def queue_reference_jobs(settings: Settings, prefix: str) -> dict[str, Any]:
         py_store.close()
 
 
+def ended_dependencies(settings: Settings) -> dict[str, str]:
+    """The dependencies of the waiting reference jobs, by name: `pending` (on a queue no worker
+    takes), `ok` and `bad` (run by the worker: ended success and failed)."""
+    py_store = Store(settings)
+    try:
+        deps = {"pending": queue_jobs("tests.tasks.general.Echo", [{}], queue="node_ref_dep", store=py_store)[0],
+                "ok": queue_jobs("tests.tasks.general.Add", [{"a": 1, "b": 2}], store=py_store)[0],
+                "bad": queue_jobs("tests.tasks.general.Fail", [{"message": "a dependency fails"}], store=py_store)[0]}
+        wanted = {"pending": "queued", "ok": "success", "bad": "failed"}
+
+        def ended() -> bool:
+            found = {doc["_id"]: doc["status"] for doc in py_store.jobs.find({"_id": {"$in": list(deps.values())}})}
+            return all(found.get(deps[name]) == status for name, status in wanted.items())
+
+        wait_until(ended, 30, message="the reference dependencies ended")
+        return {name: str(job_id) for name, job_id in deps.items()}
+    finally:
+        py_store.close()
+
+
+def queue_waiting_reference(settings: Settings, prefix: str, deps: dict[str, str]) -> dict[str, Any]:
+    """Queue the cases of waiting-jobs.json with Python's queue_jobs on `prefix`: their ids, the
+    wake-up messages published (by the jobs settled at once), the dependencies' ids."""
+    py_store = Store(settings.replace(redis_prefix=prefix))
+    pubsub = py_store.redis.pubsub()
+    try:
+        pubsub.psubscribe(f"{prefix}:notify:*")
+        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"
+        ids = []
+        for case in json.loads(WAITING.read_text())["cases"]:
+            queued = queue_jobs(case["path"], case["paramsList"], queue=case["queue"], store=py_store,
+                                depends_on=[deps[name] for name in case["dependsOn"]],
+                                on_dependency_failure=case.get("onDependencyFailure", "cancel"))
+            ids.append([str(i) for i in queued])
+        # One message per job queued at once (its dependencies had ended): one push each.
+        settled = py_store.jobs.count_documents({"_id": {"$in": [ObjectId(i) for batch in ids for i in batch]},
+                                                 "status": "queued"})
+        assert settled >= 3, f"{settled} reference jobs settled at enqueue"
+        messages: list[list[str]] = []
+        deadline = time.monotonic() + 10
+        while len(messages) < settled and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message and message["type"] == "pmessage":
+                messages.append([message["channel"].decode()[len(prefix) + 1:], message["data"].decode()])
+        return {"prefix": prefix, "ids": ids, "messages": messages, "dependencies": deps}
+    finally:
+        pubsub.close()
+        py_store.close()
+
+
 def python_verdicts() -> dict[str, list[Any]]:
     """What Python says of the task paths and queue names of validation-cases.json: a path is
     valid or not; a queue is "ok", "invalid" (InvalidQueueName) or "raw" (a raw queue)."""
@@ -127,6 +180,9 @@ def test_node_client_suite(mrq_settings: Settings, worker_factory: Any, own_pref
     assert all(not case["queue"].startswith(("default", "node_sub")) for case in
                json.loads(REFERENCE.read_text())["cases"])
     worker: WorkerProcess = worker_factory("--greenlets", "20", "default", "node_sub/")
+    reference["waiting"] = queue_waiting_reference(mrq_settings, f"{own_prefixes}-pyw",
+                                                   ended_dependencies(mrq_settings))
+    reference["waiting"]["nodePrefix"] = f"{own_prefixes}-nodew"
     env = command_env(mrq_settings, {
         "MRQ_TEST_REFERENCE": json.dumps(reference),
         "MRQ_TEST_REDIS_SERVER": shutil.which("redis-server") or "redis-server",

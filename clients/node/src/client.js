@@ -8,18 +8,22 @@
 //      (and its expiry), then PUBLISH the wake-up;
 //   4. if Redis stays unreachable for `redisTimeout`, delete the batch's documents (still
 //      `queued`) and throw: an error means "not queued".
+//
+// A job queued with `dependsOn` is stored `waiting` and registered on its dependencies instead of
+// steps 3 and 4 (src/dependencies.js).
 
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { MongoClient, ObjectId } from 'mongodb';
 import { createClient as createRedisClient } from 'redis';
 
+import { checkDependenciesExist, dependencyIds, register, waitingFields } from './dependencies.js';
 import { checkSize, newJob, plainJob, storableParams } from './documents.js';
 import {
   ConfigError, InvalidJob, InvalidJobId, JobNotFound, JobWaitTimeout, MrqError, StoreUnavailable, describe,
 } from './errors.js';
 import {
-  DEFAULT_QUEUE, FINAL_STATUSES, JOBS_COLLECTION, Keys, QUEUED, STATS_RETENTION, queueKind, queueParts,
+  DEFAULT_QUEUE, FINAL_STATUSES, JOBS_COLLECTION, Keys, QUEUED, STATS_RETENTION, WAITING, queueKind, queueParts,
   validateJobQueue, validateTaskPath,
 } from './protocol.js';
 import { redactText, redactUri, redisOptions, resolveSettings } from './settings.js';
@@ -32,6 +36,11 @@ const HEX_ID = /^[0-9a-fA-F]{24}$/;
 /**
  * @typedef {import('./settings.js').ClientOptions} ClientOptions
  * @typedef {Record<string, unknown> & {id: string, status: string}} JobDocument
+ * @typedef {object} QueueOptions
+ * @property {string} [queue] default "default"
+ * @property {Array<string|ObjectId>} [dependsOn] ids of the jobs to wait for (at most 10,000)
+ * @property {"cancel"|"run"} [onDependencyFailure] what the job does when one of them ends otherwise than
+ *   success: be cancelled (default) or run anyway
  */
 
 export class Client {
@@ -41,6 +50,8 @@ export class Client {
   #mongo;
   /** @type {import('mongodb').Collection} */
   #jobs;
+  /** @type {import('./dependencies.js').DependencyStore} */
+  #dependencyStore;
   /** @type {any} a node-redis client, replaced after a failure */
   #redis = null;
   /** @type {Promise<any>|null} */
@@ -66,6 +77,11 @@ export class Client {
     }
     this.#jobs = this.#mongo.db(this.#settings.databaseName).collection(JOBS_COLLECTION);
     this.keys = new Keys(this.#settings.redisPrefix);
+    this.#dependencyStore = {
+      jobs: this.#jobs,
+      defaultJobTtl: this.#settings.defaultJobTtl,
+      push: (queue, ids) => this.#pushRetrying(queue, ids),
+    };
   }
 
   /** The resolved settings, passwords hidden. */
@@ -78,8 +94,8 @@ export class Client {
    * Queue one job; resolves to its id (24 hex characters).
    * @param {string} path dotted path of the task, e.g. "tasks.io.Fetch"
    * @param {Record<string, unknown>} params a plain object
-   * @param {{queue?: string}} [options] queue: default "default" (a task's TASKS queue in Python
-   *   config is not read here: name it)
+   * @param {QueueOptions} [options] queue: default "default" (a task's TASKS queue in Python
+   *   config is not read here: name it); dependsOn, onDependencyFailure: see queueJobs
    * @returns {Promise<string>}
    */
   async queueJob(path, params, options = {}) {
@@ -89,21 +105,28 @@ export class Client {
   /**
    * Queue one job per params object; resolves to their ids, in order. Every params object is
    * checked before anything is stored. One insert and one Redis pipeline per batch.
+   *
+   * `dependsOn` (job ids): every job waits (status `waiting`, pushed nowhere) until each of those
+   * ended, and is queued when they all ended `success`; when one ends otherwise it is cancelled
+   * with the reason, or with `onDependencyFailure: "run"` it runs anyway. A dependency that ended
+   * already settles the jobs before this resolves. docs/workflows.md.
    * @param {string} path
    * @param {Array<Record<string, unknown>>} paramsList
-   * @param {{queue?: string, batchSize?: number}} [options]
+   * @param {QueueOptions & {batchSize?: number}} [options]
    * @returns {Promise<string[]>}
    */
   async queueJobs(path, paramsList, options = {}) {
     this.#checkOpen();
-    const { queue, docs, batchSize } = prepareJobs(path, paramsList, options);
+    const { queue, docs, batchSize, dependsOn } = prepareJobs(path, paramsList, options);
+    if (dependsOn.length) await this.#checkDependencies(dependsOn);
     /** @type {string[]} */
     const queued = [];
     for (let start = 0; start < docs.length; start += batchSize) {
       const batch = docs.slice(start, start + batchSize);
       const ids = batch.map((doc) => doc._id);
       await this.#insert(batch, start, queued);
-      await this.#pushIds(queue, ids, queued);
+      if (dependsOn.length) await this.#register(ids, dependsOn, queued);
+      else await this.#pushIds(queue, ids, queued);
       queued.push(...ids.map((id) => id.toHexString()));
     }
     return queued;
@@ -176,7 +199,7 @@ export class Client {
     try {
       await this.#jobs.insertMany(batch, { ordered: true });
     } catch (error) {
-      await this.#deleteQueued(batch.map((doc) => doc._id));
+      await this.#deleteQueued(batch.map((doc) => doc._id), [QUEUED, WAITING]);
       const first = writeErrors(error)[0];
       if (first) {
         const index = start + Number(first.index ?? 0);
@@ -188,12 +211,42 @@ export class Client {
   }
 
   /** Remove just-inserted documents that were never pushed (best effort: if MongoDB is down,
-   * they stay `queued` and mrq's maintenance queues them). @param {ObjectId[]} ids */
-  async #deleteQueued(ids) {
+   * they stay `queued` and mrq's maintenance queues them). @param {ObjectId[]} ids
+   * @param {string[]} [statuses] also `waiting`, for a batch refused before it was registered */
+  async #deleteQueued(ids, statuses = [QUEUED]) {
     try {
-      await this.#jobs.deleteMany({ _id: { $in: ids }, status: QUEUED });
+      await this.#jobs.deleteMany({ _id: { $in: ids }, status: { $in: statuses } });
     } catch {
       // see above
+    }
+  }
+
+  /** Every dependency must be a job in the store (InvalidJob otherwise). @param {ObjectId[]} dependsOn */
+  async #checkDependencies(dependsOn) {
+    try {
+      await checkDependenciesExist(this.#jobs, dependsOn);
+    } catch (error) {
+      throw error instanceof MrqError ? error : this.#mongoError(error);
+    }
+  }
+
+  /**
+   * List a batch of waiting jobs on their dependencies and settle them for those that ended
+   * already. The jobs are stored: if this fails they stay `waiting`, and mrq's RequeueLostJobs
+   * settles them (so the error lists them in `queuedIds`).
+   * @param {ObjectId[]} ids @param {ObjectId[]} dependsOn @param {string[]} queued
+   */
+  async #register(ids, dependsOn, queued) {
+    try {
+      await register(this.#dependencyStore, ids, dependsOn);
+    } catch (error) {
+      const stored = [...queued, ...ids.map((id) => id.toHexString())];
+      if (this.#closed) throw withQueued(new MrqError('the client was closed while queueing', { cause: error }), stored);
+      const cause = error instanceof MrqError ? error : this.#mongoError(error);
+      const store = cause instanceof StoreUnavailable ? cause.store : 'MongoDB';
+      throw withQueued(new StoreUnavailable(store, `${cause.message}; the ${ids.length} jobs of this batch are stored ` +
+        "(waiting for their dependencies, or queued) and mrq's RequeueLostJobs settles or pushes them " +
+        '(error.queuedIds lists every job stored)', { cause: error }), stored);
     }
   }
 
@@ -218,11 +271,24 @@ export class Client {
   // --- Redis --------------------------------------------------------------------------------------
 
   /**
-   * Push ids on their queue and wake the idle workers, retrying for `redisTimeout` ms; if Redis
-   * stays unreachable the batch's documents are removed and StoreUnavailable is thrown
+   * Push the ids of a just-inserted batch on their queue and wake the idle workers; if Redis stays
+   * unreachable the batch's documents are removed and StoreUnavailable is thrown
    * (mrq/queue/producer.py _push_ids). @param {string} queue @param {ObjectId[]} ids @param {string[]} queued
    */
   async #pushIds(queue, ids, queued) {
+    try {
+      await this.#pushRetrying(queue, ids, queued);
+    } catch (error) {
+      if (error instanceof StoreUnavailable) await this.#deleteQueued(ids);
+      throw withQueued(/** @type {Error} */ (error), queued);
+    }
+  }
+
+  /**
+   * Push ids (their documents say `queued`) and wake the idle workers, retrying for `redisTimeout`
+   * ms; then StoreUnavailable. @param {string} queue @param {ObjectId[]} ids @param {string[]} [queued]
+   */
+  async #pushRetrying(queue, ids, queued = []) {
     const deadline = performance.now() + this.#settings.redisTimeout;
     let delay = 50;
     for (;;) {
@@ -236,11 +302,10 @@ export class Client {
           delay = Math.min(delay * 2, 1000);
           continue;
         }
-        await this.#deleteQueued(ids);
         const uri = this.#settings.redis;
-        throw withQueued(new StoreUnavailable('Redis', `cannot reach Redis at ${redactUri(uri)}: ` +
+        throw new StoreUnavailable('Redis', `cannot reach Redis at ${redactUri(uri)}: ` +
           `${redactText(firstLine(error), uri).replace(/\.$/, '')}. Is it running, at that address? ` +
-          `(${WHERE_SET.Redis} sets it)${earlier(queued)}`, { cause: error }), queued);
+          `(${WHERE_SET.Redis} sets it)${earlier(queued)}`, { cause: error });
       }
     }
   }
@@ -342,14 +407,21 @@ export class Client {
 }
 
 /**
- * Validate a queueing request and build its documents (mrq/queue/producer.py prepare_jobs).
- * @param {unknown} path @param {unknown} paramsList @param {{queue?: string, batchSize?: number}} options
+ * Validate a queueing request and build its documents (mrq/queue/producer.py dependency_ids,
+ * prepare_jobs): the queue, the documents, the batch size and the dependencies (ObjectIds).
+ * @param {unknown} path @param {unknown} paramsList @param {QueueOptions & {batchSize?: number}} options
  */
 export function prepareJobs(path, paramsList, options) {
   if (typeof options !== 'object' || options === null) throw new InvalidJob(`options must be an object, got ${describe(options)}`);
+  const onFailure = options.onDependencyFailure ?? 'cancel';
+  const dependsOn = dependencyIds(options.dependsOn, onFailure);
   validateTaskPath(path);
   const queue = validateJobQueue(options.queue ?? DEFAULT_QUEUE);
   const kind = queueKind(queue);
+  if (kind !== 'regular' && dependsOn.length) {
+    throw new InvalidJob(`dependsOn cannot be used on raw queue '${queue}': a raw queue holds parameters, not job ` +
+      'documents, so nothing there can wait for other jobs (use a regular queue)');
+  }
   if (kind !== 'regular') {
     const whose = queue.includes('/') ? 'its root name ends' : 'its name ends';
     throw new InvalidJob(`queue '${queue}' is a raw queue (${whose} in _${kind}): it takes raw parameters for ` +
@@ -361,10 +433,11 @@ export function prepareJobs(path, paramsList, options) {
   const now = new Date();
   const docs = paramsList.map((params, index) => {
     const doc = newJob(new ObjectId(), /** @type {string} */ (path), storableParams(params, index), queue, now);
+    if (dependsOn.length) Object.assign(doc, waitingFields(dependsOn, onFailure));
     checkSize(doc, index);
     return doc;
   });
-  return { queue, docs, batchSize };
+  return { queue, docs, batchSize, dependsOn };
 }
 
 /** @param {unknown} jobId */

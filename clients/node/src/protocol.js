@@ -7,11 +7,20 @@ import { InvalidJob, InvalidQueueName, describe } from './errors.js';
 // --- statuses (mrq/lifecycle/statuses.py) ---------------------------------------------------------
 
 export const QUEUED = 'queued';
+/** A job stored to wait for its dependencies (mrq/lifecycle/dependencies.py). */
+export const WAITING = 'waiting';
+export const SUCCESS = 'success';
+export const CANCEL = 'cancel';
 export const DEFAULT_QUEUE = 'default';
 /** Statuses a job ends in: it runs again only if someone requeues it. */
 export const FINAL_STATUSES = Object.freeze(
   new Set(['success', 'failed', 'maxretries', 'timeout', 'abort', 'cancel', 'interrupt']),
 );
+/** The statuses that settle a job waiting for this one, sorted as Python sends them
+ * (dependencies.DEPENDENCY_ENDS: `interrupt` is not one, such a job is queued again). */
+export const DEPENDENCY_ENDS = Object.freeze(['abort', 'cancel', 'failed', 'maxretries', 'success', 'timeout']);
+/** `traceback_history` keeps the newest entries only (mrq/lifecycle/documents.py HISTORY_LIMIT). */
+export const HISTORY_LIMIT = 50;
 
 // --- MongoDB (mrq/storage/mongo.py, mrq/queue/producer.py) ----------------------------------------
 

@@ -11,6 +11,7 @@ export const DEFAULTS = Object.freeze({
   redisPrefix: 'mrq',
   redisTimeout: 10_000,
   mongodbTimeout: 5_000,
+  defaultJobTtl: 180 * 24 * 3600 * 1000,
 });
 
 const PASSWORD_IN_URI = /([a-z][a-z0-9+.-]*:\/\/)([^:@/]*):([^@/]*)@/gi;
@@ -46,6 +47,8 @@ function safeDecode(text) {
  * @property {string} [redisPrefix] mrq's `redis_prefix`; default MRQ_REDIS_PREFIX, else "mrq"
  * @property {number} [redisTimeout] ms a Redis push keeps retrying (and one attempt may take); default MRQ_REDIS_TIMEOUT (s), else 10000
  * @property {number} [mongodbTimeout] ms before MongoDB server selection gives up; default MRQ_MONGODB_TIMEOUT (s), else 5000
+ * @property {number} [defaultJobTtl] ms a job cancelled because a dependency failed is kept (mrq's
+ *   default_job_ttl); default MRQ_DEFAULT_JOB_TTL (s), else 180 days
  * @property {Record<string, string|undefined>} [env] where to read MRQ_* variables (default process.env)
  */
 
@@ -56,6 +59,7 @@ function safeDecode(text) {
  * @property {string} redisPrefix
  * @property {number} redisTimeout
  * @property {number} mongodbTimeout
+ * @property {number} defaultJobTtl
  * @property {string} databaseName
  */
 
@@ -71,6 +75,7 @@ export function resolveSettings(options = {}) {
   const redisTimeout = timeout(options.redisTimeout, env.MRQ_REDIS_TIMEOUT, DEFAULTS.redisTimeout, 'redisTimeout');
   const mongodbTimeout = timeout(options.mongodbTimeout, env.MRQ_MONGODB_TIMEOUT, DEFAULTS.mongodbTimeout,
     'mongodbTimeout');
+  const defaultJobTtl = duration(options.defaultJobTtl, env.MRQ_DEFAULT_JOB_TTL, DEFAULTS.defaultJobTtl, 'defaultJobTtl', 0);
 
   const scheme = redis.includes('://') ? redis.split('://', 1)[0].toLowerCase() : '';
   if (scheme === 'redis+sentinel' || scheme === 'redis+cluster') {
@@ -92,16 +97,23 @@ export function resolveSettings(options = {}) {
       `redis prefix ${JSON.stringify(redisPrefix)}: use 1-64 letters, digits, '_', '-' or '.' (no spaces, ':' or braces)`,
     );
   }
-  return { redis, mongodb, redisPrefix, redisTimeout, mongodbTimeout, databaseName: databaseName(mongodb) };
+  return { redis, mongodb, redisPrefix, redisTimeout, mongodbTimeout, defaultJobTtl, databaseName: databaseName(mongodb) };
 }
 
 /** @param {unknown} option ms @param {string|undefined} envSeconds @param {number} fallback @param {string} name */
 function timeout(option, envSeconds, fallback, name) {
+  return duration(option, envSeconds, fallback, name, 100);
+}
+
+/** Milliseconds from the option (ms), else the variable (s), else `fallback`; at least `minimum`.
+ * @param {unknown} option @param {string|undefined} envSeconds @param {number} fallback @param {string} name
+ * @param {number} minimum */
+function duration(option, envSeconds, fallback, name, minimum) {
   let ms = fallback;
   if (option !== undefined && option !== null) ms = Number(option);
   else if (envSeconds !== undefined && envSeconds !== '') ms = Number(envSeconds) * 1000;
-  if (!Number.isFinite(ms) || ms < 100) {
-    throw new ConfigError(`${name}: expected at least 100 ms, got ${JSON.stringify(option ?? envSeconds)}`);
+  if (!Number.isFinite(ms) || ms < minimum) {
+    throw new ConfigError(`${name}: expected at least ${minimum} ms, got ${JSON.stringify(option ?? envSeconds)}`);
   }
   return ms;
 }

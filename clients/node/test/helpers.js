@@ -44,11 +44,11 @@ export function ownPrefix(name) {
   return `${env.prefix}-${name}`;
 }
 
-/** The jobs collection, straight from the driver (not through the client under test). */
+/** The jobs collection (and its database), straight from the driver (not through the client under test). */
 export async function rawJobs() {
   const mongo = new MongoClient(env.mongodb, { serverSelectionTimeoutMS: 10_000 });
   await mongo.connect();
-  return { jobs: mongo.db().collection('mrq_jobs'), close: () => mongo.close() };
+  return { jobs: mongo.db().collection('mrq_jobs'), db: mongo.db(), close: () => mongo.close() };
 }
 
 /** A plain node-redis client on the test Redis (or another). */

@@ -240,15 +240,20 @@ test('settings: bad URIs and prefixes are refused when the client is created', (
 test('settings come from the options, else MRQ_* variables, else mrq defaults', async () => {
   const fromEnv = createClient({ env: { MRQ_REDIS: 'redis://10.1.2.3:7000/2', MRQ_REDIS_PREFIX: 'app',
     MRQ_MONGODB_JOBS: 'mongodb://user:pw@10.1.2.3:27000/jobs?authSource=admin', MRQ_REDIS_TIMEOUT: '2.5' } });
-  assert.deepEqual(fromEnv.settings, { redisPrefix: 'app', redisTimeout: 2500, mongodbTimeout: 5000,
+  assert.deepEqual(fromEnv.settings, { redisPrefix: 'app', redisTimeout: 2500, mongodbTimeout: 5000, defaultJobTtl: 180 * 86_400_000,
     databaseName: 'jobs', redis: 'redis://10.1.2.3:7000/2', mongodb: 'mongodb://user:***@10.1.2.3:27000/jobs?authSource=admin' });
   const defaults = createClient({ env: {} });
-  assert.deepEqual(defaults.settings, { redisPrefix: 'mrq', redisTimeout: 10000, mongodbTimeout: 5000,
+  assert.deepEqual(defaults.settings, { redisPrefix: 'mrq', redisTimeout: 10000, mongodbTimeout: 5000, defaultJobTtl: 15_552_000_000,
     databaseName: 'mrq', redis: 'redis://127.0.0.1:6379/0', mongodb: 'mongodb://127.0.0.1:27017/mrq' });
   const options = createClient({ env: { MRQ_REDIS_PREFIX: 'app' }, redisPrefix: 'mine', mongodb: 'mongodb://h/' });
   assert.equal(options.settings.redisPrefix, 'mine');
   assert.equal(options.settings.databaseName, 'mrq');
-  await Promise.all([fromEnv.close(), defaults.close(), options.close()]);
+  const ttl = createClient({ env: { MRQ_DEFAULT_JOB_TTL: '3600' } });
+  assert.equal(ttl.settings.defaultJobTtl, 3_600_000, 'MRQ_DEFAULT_JOB_TTL: seconds, as mrq reads it');
+  const keepNone = createClient({ env: { MRQ_DEFAULT_JOB_TTL: '3600' }, defaultJobTtl: 0 });
+  assert.equal(keepNone.settings.defaultJobTtl, 0, 'the option wins');
+  assert.throws(() => createClient({ defaultJobTtl: -1 }), /defaultJobTtl: expected at least 0 ms/);
+  await Promise.all([fromEnv.close(), defaults.close(), options.close(), ttl.close(), keepNone.close()]);
   await assert.rejects(fromEnv.queueJob(PATH, {}), (error) => error instanceof MrqError && /closed/.test(error.message));
 });
 
