@@ -244,8 +244,8 @@ export class Client {
       if (this.#closed) throw withQueued(new MrqError('the client was closed while queueing', { cause: error }), stored);
       const cause = error instanceof MrqError ? error : this.#mongoError(error);
       const store = cause instanceof StoreUnavailable ? cause.store : 'MongoDB';
-      throw withQueued(new StoreUnavailable(store, `${cause.message}; the ${ids.length} jobs of this batch are stored ` +
-        "(waiting for their dependencies, or queued) and mrq's RequeueLostJobs settles or pushes them " +
+      throw withQueued(new StoreUnavailable(store, `${cause.message}; ${ids.length === 1 ? 'the job is' : `the ${ids.length} jobs of this batch are`} ` +
+        "stored (waiting for their dependencies, or queued) and mrq's RequeueLostJobs settles or pushes them " +
         '(error.queuedIds lists every job stored)', { cause: error }), stored);
     }
   }

@@ -1,6 +1,7 @@
 // A store down at enqueue: a clear StoreUnavailable, and nothing left behind (no `queued`
 // document without its id in Redis, no id without its document). Redis here is a redis-server of
-// the test's own, killed, frozen and restarted.
+// the test's own, killed, frozen and restarted. The one exception, said in the error: a job whose
+// dependency had ended, queued in MongoDB by the settling, stays for mrq's maintenance to push.
 
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -162,5 +163,38 @@ test('unix:// URIs (redis-py form: unix:///path?db=N) reach Redis through its so
     await client?.close();
     await redis.stop();
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('Redis down: a job that waits needs no push; one whose dependency ended is stored queued, and the error says so', async () => {
+  const worker = testClient(); // the worker's stores: runs the dependency that ends
+  const ended = await worker.queueJob(PATH, { n: 'dependency' });
+  const redis = await startRedisServer();
+  const prefix = ownPrefix('outage-deps');
+  const client = testClient({ redis: redis.url, redisPrefix: prefix, redisTimeout: 500 });
+  const queue = 'node_outage_deps';
+  try {
+    const pending = await client.queueJob(PATH, { n: 'pending' }, { queue });
+    assert.equal((await worker.waitJob(ended, { timeout: 30_000, pollInterval: 20 })).status, 'success');
+    await redis.stop();
+    const waits = await client.queueJob(PATH, { n: 'waits' }, { queue, dependsOn: [pending] });
+    assert.equal((await client.getJob(waits))?.status, 'waiting');
+    /** @type {string[]} */ let queuedIds = [];
+    await assert.rejects(client.queueJob(PATH, { n: 'settled' }, { queue, dependsOn: [ended] }), (error) => {
+      assert.ok(error instanceof StoreUnavailable, String(error));
+      assert.equal(error.store, 'Redis');
+      assert.match(error.message, /^cannot reach Redis at .*; the job is stored \(waiting for their dependencies, or queued\) and mrq's RequeueLostJobs settles or pushes them/);
+      queuedIds = error.queuedIds;
+      return true;
+    });
+    assert.equal(queuedIds.length, 1);
+    const settled = await client.getJob(queuedIds[0]);
+    assert.deepEqual([settled?.status, settled?.params], ['queued', { n: 'settled' }],
+      'queued in MongoDB (RequeueLostJobs pushes it), not removed: its dependency knows it');
+    assert.deepEqual((await worker.getJob(ended))?.dependents, [queuedIds[0]]);
+  } finally {
+    await client.close();
+    await worker.close();
+    await redis.stop();
   }
 });
