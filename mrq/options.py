@@ -189,7 +189,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("redis", _parse_str, "redis://127.0.0.1:6379/0",
            "Redis URI: redis://host:port/db, rediss:// (TLS), unix://, "
            "redis+sentinel://host:port,host:port/service[/db] or redis+cluster://host:port", group=CONNECTIONS),
-    Option("redis_prefix", _parse_str, "mrq", "Namespace of every Redis key and channel mrq uses.",
+    Option("redis_prefix", _parse_str, "mrq", "Namespace of every Redis key and channel (not MongoDB: give each "
+           "prefix its own jobs database).",
            group=CONNECTIONS),
     Option("redis_max_connections", _parse_int, 100, "Size of the Redis connection pool per process.",
            minimum=1, group=CONNECTIONS),

@@ -174,8 +174,8 @@ def test_a_redis_user_refused_blmove_gets_notifications_again(mrq_settings: Sett
         try:
             worker = worker_factory("--greenlets", "5", "default", settings=settings)
             worker.wait_for_output("blocking pickup turned off", 20)
-            channels = [c.decode() for c in admin.pubsub_channels()]
-            assert store.keys.notify_channel("default") in channels
+            wait_until(lambda: store.keys.notify_channel("default").encode() in admin.pubsub_channels(), 10,
+                       message="subscribed to the queue's pushes")
             time.sleep(0.5)
             started = time.monotonic()
             job = queue_job(RECORD, {}, store=store)

@@ -52,7 +52,7 @@ from .exiting import jobs_left, within
 from .housekeeping import Housekeeping
 from .lease import LeaseKeeper
 from .metrics import WorkerMetrics
-from .notify import NotificationListener
+from .notify import NotificationListener, due_time
 from .outcomes import OutcomeRecorder
 from .pickup import BlockingPickup
 from .report import build_report
@@ -175,10 +175,9 @@ class Worker:
         self.paused = paused_queues(self.store)
         self.lease = LeaseKeeper(self.settings, self.id)
         self.lease.start()
-        self._listener = NotificationListener(
-            self.store.redis, [*self.selector.channels(self._blocking_queue()), self.store.keys.control_channel],
-            self.selector.patterns(), self._on_message,
-        )
+        channels = self.selector.channels(self.pickup.queue_name(self.selector))
+        self._listener = NotificationListener(self.store.redis, [*channels, self.store.keys.control_channel],
+                                              self.selector.patterns(), self._on_message)
         self._listener.start()
         self.housekeeping.start()
         log.info("worker %s (%s) started: queues %s, %d greenlets", self.name, self.id,
@@ -328,14 +327,6 @@ class Worker:
             if not self._wait_blocking():
                 self.wake.wait(self._idle_timeout())
 
-    def _blocking_queue(self) -> str | None:
-        """The queue an idle worker waits on inside Redis (its only one, of a kind that allows
-        it, on a Redis that has BLMOVE); its jobs then need no notification."""
-        queue = self.selector.sole_queue(set())
-        if queue is None or not self.pickup.supports(queue) or not self.pickup.probe():
-            return None
-        return queue.name
-
     def _wait_blocking(self) -> bool:
         """An idle worker of one queue waits inside Redis for its next job and starts it
         (pickup.py). False when it cannot (several queues, a paused queue...)."""
@@ -373,15 +364,11 @@ class Worker:
         if channel == self.store.keys.control_channel and data is not None:
             self._on_control(data)
             return
-        if data and data.startswith(b"at:"):
-            try:
-                due = float(data[3:])
-            except ValueError:
-                due = None
-            if due is not None:
-                self.selector.note_due(due)
-                if due < self._block_until:
-                    self.pickup.unblock()
+        due = due_time(data)
+        if due is not None:
+            self.selector.note_due(due)
+            if due < self._block_until:
+                self.pickup.unblock()
         if channel is not None:
             for prefix in (self.store.keys.notify_channel(""), self.store.keys.due_channel("")):
                 if channel.startswith(prefix):

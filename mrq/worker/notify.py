@@ -21,6 +21,16 @@ from ..backoff import STORE_ERRORS, Backoff
 log = logging.getLogger("mrq.worker")
 
 
+def due_time(data: bytes | None) -> float | None:
+    """The unix time of an `at:<time>` message (a delayed job due then), else None."""
+    if not data or not data.startswith(b"at:"):
+        return None
+    try:
+        return float(data[3:])
+    except ValueError:
+        return None
+
+
 class NotificationListener:
     """Subscribes to `channels` and `patterns`; each message goes to `on_message(channel, data)`.
     After every (re)subscription `on_message(None, None)` is called: a message may have been

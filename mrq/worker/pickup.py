@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from redis.connection import Connection
 
     from ..store import Store
+    from .selection import QueueSelector
 
 log = logging.getLogger("mrq.worker")
 
@@ -69,6 +70,14 @@ class BlockingPickup:
         if version < (6, 2):
             self.enabled = False
         return self.enabled
+
+    def queue_name(self, selector: QueueSelector) -> str | None:
+        """The queue a worker waits on inside Redis when idle (its only one, of a kind that allows
+        it, on a Redis that has BLMOVE); its pushes then need no notification."""
+        queue = selector.sole_queue(set())
+        if queue is None or not self.supports(queue) or not self.probe():
+            return None
+        return queue.name
 
     def supports(self, queue: Queue) -> bool:
         if not self.enabled:
