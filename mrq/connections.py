@@ -105,20 +105,41 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
 
 def is_cluster(client: Any) -> bool:
     """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`)."""
-    from redis.cluster import RedisCluster
-
-    return isinstance(client, RedisCluster)
+    return isinstance(client, redis.RedisCluster)
 
 
-def execute_and_publish(pipe: Any, client: Any, messages: Iterable[tuple[str, str]]) -> list[Any]:
-    """Execute a non-transactional pipeline and PUBLISH `(channel, message)` pairs after its
-    commands: in the same round trip on a single Redis; on a Redis Cluster, whose pipelines refuse
-    PUBLISH (the command has no key to route it by), one PUBLISH each right after the pipeline;
-    a failure there is ignored (a wake-up is best effort: idle workers look at their queues every
-    few seconds), so that a caller never retries writes that were applied.
-    Returns the pipeline's replies (without those of the PUBLISH commands)."""
+class Commands:
+    """Redis commands gathered to be sent together by `send_commands`. Writers add commands with
+    `execute_command(*args)`, the one method they use of a redis-py pipeline, so that the same
+    writer fills either (mrq.aio's asyncio pipeline, or this)."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.stack.append(args)
+
+
+def send_commands(client: Any, commands: Commands, messages: Iterable[tuple[str, str]] = ()) -> list[Any]:
+    """Send `commands`, then PUBLISH the `(channel, message)` pairs, as one non-transactional
+    pipeline; returns the commands' replies (not the PUBLISH ones).
+
+    On a single Redis (or Sentinel's master) they go without a redis-py Pipeline object, whose
+    command stack, reply callbacks and per-command bookkeeping cost as much client CPU as the
+    round trip itself: packed in one write on a pooled connection, every reply read in order. As
+    in a pipeline, an error reply raises once every reply was read (the connection stays in the
+    pool), any other failure (connection lost, timeout, interruption) closes the connection, and
+    the connection's retry policy applies.
+
+    On a Redis Cluster, a redis-py pipeline, whose PUBLISH commands cannot ride in it (the command
+    has no key to route it by): one PUBLISH each right after it, a failure there ignored (a
+    wake-up is best effort: idle workers look at their queues every few seconds), so that a
+    caller never retries writes that were applied."""
     messages = list(messages)
-    if is_cluster(pipe):
+    if is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for args in commands.stack:
+            pipe.execute_command(*args)
         replies = pipe.execute()
         for channel, message in messages:
             try:
@@ -126,10 +147,31 @@ def execute_and_publish(pipe: Any, client: Any, messages: Iterable[tuple[str, st
             except (redis.exceptions.RedisError, OSError):
                 pass
         return list(replies)
-    for channel, message in messages:
-        pipe.publish(channel, message)
-    replies = pipe.execute()
-    return list(replies[:len(replies) - len(messages)])
+    stack = [*commands.stack, *(("PUBLISH", channel, message) for channel, message in messages)]
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        replies = conn.retry.call_with_retry(lambda: _round_trip(conn, stack), lambda _error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+    return list(replies[:len(commands.stack)])
+
+
+def _round_trip(conn: Any, stack: list[tuple[Any, ...]]) -> list[Any]:
+    conn.send_packed_command(conn.pack_commands(stack))
+    replies: list[Any] = []
+    for _ in stack:
+        try:
+            replies.append(conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
