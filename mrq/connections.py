@@ -69,8 +69,9 @@ def store_error(what: str, uri: str, exc: BaseException, timeout: float | None =
 # --- Redis ----------------------------------------------------------------------------------------
 
 
-def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -> redis.Redis:
-    """A redis-py client for one of: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://."""
+def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0, count_io: bool = False) -> redis.Redis:
+    """A redis-py client for one of: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://.
+    `count_io`: its round trips over TCP are counted in mrq.iocount."""
     common: dict[str, Any] = {
         "socket_connect_timeout": min(timeout, 5.0),
         "socket_timeout": timeout,
@@ -81,7 +82,7 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     try:
         if scheme in ("redis", "rediss", "unix"):
-            if scheme != "unix":
+            if scheme != "unix" and count_io:
                 common["connection_class"] = CountingSSLConnection if scheme == "rediss" else CountingConnection
             pool = redis.BlockingConnectionPool.from_url(uri, max_connections=max_connections, timeout=timeout,
                                                          **common)
@@ -92,8 +93,9 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
             from redis.cluster import RedisCluster
 
             cluster_uri = "redis://" + uri.split("://", 1)[1]
-            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections,
-                                                connection_class=CountingConnection, **common)
+            if count_io:
+                common["connection_class"] = CountingConnection
+            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections, **common)
             return client  # type: ignore[no-any-return,unused-ignore]
     except (ValueError, redis.exceptions.RedisError) as exc:
         raise ConfigError(f"invalid Redis URI {redact_uri(uri)}: {_first_line(exc)}") from None
@@ -199,9 +201,12 @@ def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
 # --- MongoDB --------------------------------------------------------------------------------------
 
 
-def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None) -> pymongo.MongoClient:
+def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None,
+               count_io: bool = False) -> pymongo.MongoClient:
     """`timeout` bounds connecting; `patience` (default: timeout) is how long an operation waits for
-    a server to be selected, e.g. through a failover or a hung server."""
+    a server to be selected, e.g. through a failover or a hung server. `count_io`: its commands are
+    counted in mrq.iocount (a pymongo command listener, which costs about a sixth of a command's
+    client CPU)."""
     ms = int(timeout * 1000)
     try:
         return pymongo.MongoClient(
@@ -210,7 +215,7 @@ def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None)
             connectTimeoutMS=ms,
             socketTimeoutMS=max(ms * 6, 30_000),
             appname="mrq",
-            event_listeners=[MONGO_LISTENER],
+            event_listeners=[MONGO_LISTENER] if count_io else [],
             tz_aware=False,
             connect=False,
         )
@@ -226,12 +231,16 @@ def mongo_database_name(uri: str, default: str = "mrq") -> str:
 class Connections:
     """The Redis and MongoDB clients of one process, created lazily from the settings."""
 
-    def __init__(self, settings: Settings, *, patience: float | None = None) -> None:
+    def __init__(self, settings: Settings, *, patience: float | None = None, count_io: bool = False) -> None:
         """`patience`: seconds MongoDB operations wait for a usable server (default: the
         mongodb_timeout setting). Workers are patient, so that a task's own MongoDB calls ride out
-        a short outage instead of failing the job; producers and the dashboard fail fast."""
+        a short outage instead of failing the job; producers and the dashboard fail fast.
+        `count_io`: every client counts its Redis round trips and MongoDB commands in mrq.iocount,
+        which the worker exports as metrics; other processes, which export nothing, skip the
+        cost."""
         self.settings = settings
         self.patience = patience
+        self.count_io = count_io
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
@@ -256,7 +265,7 @@ class Connections:
                 if self._redis is None:
                     s = self.settings
                     self._redis = make_redis(s.redis, max_connections=s.redis_max_connections,
-                                             timeout=s.redis_timeout)
+                                             timeout=s.redis_timeout, count_io=self.count_io)
         return self._redis
 
     def _mongo_client(self, uri: str) -> pymongo.MongoClient:
@@ -266,7 +275,8 @@ class Connections:
             with self._lock:
                 client = self._mongo_clients.get(uri)
                 if client is None:
-                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout, patience=self.patience)
+                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout, patience=self.patience,
+                                        count_io=self.count_io)
                     self._mongo_clients[uri] = client
         return client
 
@@ -319,7 +329,8 @@ class Connections:
                     client = self._named_redis.get(name)
                     if client is None:
                         s = self.settings
-                        client = make_redis(value, max_connections=s.redis_max_connections, timeout=s.redis_timeout)
+                        client = make_redis(value, max_connections=s.redis_max_connections, timeout=s.redis_timeout,
+                                            count_io=self.count_io)
                         self._named_redis[name] = client
             return client
         except ConfigError as exc:

@@ -66,7 +66,7 @@ def test_bulk_queue_round_trips(store: Store, mrq_settings: Any) -> None:
     try:
         from mrq.connections import Connections
 
-        counted = Store(mrq_settings, Connections(mrq_settings))
+        counted = Store(mrq_settings, Connections(mrq_settings, count_io=True))
         counted.connections.check()  # connected: the handshakes are not counted below
         counter.commands.clear()
         trips = iocount.redis_round_trips
