@@ -122,8 +122,19 @@ def test_params_nested_deeper_than_mongodb_stores(store: Store) -> None:
             value = {"n": value} if i % 2 or i == levels - 2 else [value]
         return value
 
+    def compact(levels: int) -> dict[str, Any]:  # the smallest encoding of that many levels: 7 bytes each
+        value: dict[str, Any] = {"": None}
+        for _ in range(levels - 1):
+            value = {"": value}
+        return value
+
+    holds_itself: dict[str, Any] = {}
+    holds_itself["self"] = holds_itself
     with pytest.raises(InvalidJob, match="params #1 nest more than 179 levels"):
         queue_jobs("tests.tasks.general.Echo", [{}, nested(180)])
+    for too_deep in (compact(180), nested(100_000), holds_itself, {"x": object(), "deep": nested(180)}):
+        with pytest.raises(InvalidJob, match=r"^params nest more than 179 levels"):  # depth is said first
+            queue_job("tests.tasks.general.Echo", too_deep)
     assert_nothing_stored(store)
     job_id = queue_job("tests.tasks.general.Echo", nested(179))  # the job document: 180 levels, mongod's limit
     assert store.jobs.find_one({"_id": job_id}, {"_id": 1}) is not None
