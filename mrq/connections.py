@@ -106,8 +106,16 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0, c
 
 
 def is_cluster(client: Any) -> bool:
-    """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`)."""
-    return isinstance(client, redis.RedisCluster)
+    """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`). Answered once
+    per class: RedisCluster's isinstance check goes through typing's Protocol machinery."""
+    cls = type(client)
+    found = _CLUSTER_CLASSES.get(cls)
+    if found is None:
+        found = _CLUSTER_CLASSES[cls] = issubclass(cls, redis.RedisCluster)
+    return found
+
+
+_CLUSTER_CLASSES: dict[type, bool] = {}
 
 
 class Commands:
