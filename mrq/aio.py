@@ -162,24 +162,23 @@ async def queue_jobs(path: str, params_list: Sequence[Mapping[str, Any]], queue:
     everything validated before anything is stored, one insert_many and one Redis pipeline per
     batch, `ids` for idempotent queueing)."""
     store = store or get_store()
-    queue, docs = prepare_jobs(store.model, path, params_list, queue, batch_size, ids)
+    queue, job_ids, docs = prepare_jobs(store.model, path, params_list, queue, batch_size, ids)
     store.redis  # noqa: B018 - an unusable Redis URI is refused before anything is inserted
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
-        batch = docs[start:start + batch_size]
+        batch_ids = job_ids[start:start + batch_size]
         try:
-            await store.jobs.insert_many(batch, ordered=ids is None)
+            await store.jobs.insert_many(docs[start:start + batch_size], ordered=ids is None)
         except pymongo.errors.BulkWriteError as exc:
             existing = duplicate_indexes(exc, ids is not None)  # these ids were queued before: skip them
             if existing is None:  # refused (a validator, a limit): remove what this batch inserted
-                await store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}, "status": QUEUED})
+                await store.jobs.delete_many({"_id": {"$in": batch_ids}, "status": QUEUED})
                 raise refused_batch(exc, start, len(queued)) from None
-            await _push_unpushed(store, queue, [doc["_id"] for index, doc in enumerate(batch) if index in existing])
-            batch = [doc for index, doc in enumerate(batch) if index not in existing]
+            await _push_unpushed(store, queue, [job_id for index, job_id in enumerate(batch_ids) if index in existing])
+            batch_ids = [job_id for index, job_id in enumerate(batch_ids) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _mongo_unavailable(store, exc) from None
-        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
-        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
+        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch_ids))
         await _push_ids(store, queue, batch_ids)
         queued.extend(batch_ids)
     return queued

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1)
 
 
 def utcnow() -> datetime:
     """Now as a naive UTC datetime, millisecond precision (what MongoDB stores)."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return EPOCH + timedelta(milliseconds=time.time_ns() // 1_000_000)
 
 
 def unix_time_of(value: datetime) -> float:
     """A naive UTC datetime (as stored in MongoDB) as unix seconds (as used in Redis scores)."""
-    return (value - datetime(1970, 1, 1)).total_seconds()
+    return (value - EPOCH).total_seconds()

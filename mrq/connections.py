@@ -69,8 +69,9 @@ def store_error(what: str, uri: str, exc: BaseException, timeout: float | None =
 # --- Redis ----------------------------------------------------------------------------------------
 
 
-def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -> redis.Redis:
-    """A redis-py client for one of: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://."""
+def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0, count_io: bool = False) -> redis.Redis:
+    """A redis-py client for one of: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://.
+    `count_io`: its round trips over TCP are counted in mrq.iocount."""
     common: dict[str, Any] = {
         "socket_connect_timeout": min(timeout, 5.0),
         "socket_timeout": timeout,
@@ -81,7 +82,7 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     try:
         if scheme in ("redis", "rediss", "unix"):
-            if scheme != "unix":
+            if scheme != "unix" and count_io:
                 common["connection_class"] = CountingSSLConnection if scheme == "rediss" else CountingConnection
             pool = redis.BlockingConnectionPool.from_url(uri, max_connections=max_connections, timeout=timeout,
                                                          **common)
@@ -92,8 +93,9 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
             from redis.cluster import RedisCluster
 
             cluster_uri = "redis://" + uri.split("://", 1)[1]
-            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections,
-                                                connection_class=CountingConnection, **common)
+            if count_io:
+                common["connection_class"] = CountingConnection
+            client: Any = RedisCluster.from_url(cluster_uri, max_connections=max_connections, **common)
             return client  # type: ignore[no-any-return,unused-ignore]
     except (ValueError, redis.exceptions.RedisError) as exc:
         raise ConfigError(f"invalid Redis URI {redact_uri(uri)}: {_first_line(exc)}") from None
@@ -104,21 +106,50 @@ def make_redis(uri: str, *, max_connections: int = 100, timeout: float = 10.0) -
 
 
 def is_cluster(client: Any) -> bool:
-    """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`)."""
-    from redis.cluster import RedisCluster
+    """True for a Redis Cluster client or one of its pipelines (`redis+cluster://`). Answered once
+    per class: RedisCluster's isinstance check goes through typing's Protocol machinery."""
+    cls = type(client)
+    found = _CLUSTER_CLASSES.get(cls)
+    if found is None:
+        found = _CLUSTER_CLASSES[cls] = issubclass(cls, redis.RedisCluster)
+    return found
 
-    return isinstance(client, RedisCluster)
+
+_CLUSTER_CLASSES: dict[type, bool] = {}
 
 
-def execute_and_publish(pipe: Any, client: Any, messages: Iterable[tuple[str, str]]) -> list[Any]:
-    """Execute a non-transactional pipeline and PUBLISH `(channel, message)` pairs after its
-    commands: in the same round trip on a single Redis; on a Redis Cluster, whose pipelines refuse
-    PUBLISH (the command has no key to route it by), one PUBLISH each right after the pipeline;
-    a failure there is ignored (a wake-up is best effort: idle workers look at their queues every
-    few seconds), so that a caller never retries writes that were applied.
-    Returns the pipeline's replies (without those of the PUBLISH commands)."""
+class Commands:
+    """Redis commands gathered to be sent together by `send_commands`. Writers add commands with
+    `execute_command(*args)`, the one method they use of a redis-py pipeline, so that the same
+    writer fills either (mrq.aio's asyncio pipeline, or this)."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.stack.append(args)
+
+
+def send_commands(client: Any, commands: Commands, messages: Iterable[tuple[str, str]] = ()) -> list[Any]:
+    """Send `commands`, then PUBLISH the `(channel, message)` pairs, as one non-transactional
+    pipeline; returns the commands' replies (not the PUBLISH ones).
+
+    On a single Redis (or Sentinel's master) they go without a redis-py Pipeline object, whose
+    command stack, reply callbacks and per-command bookkeeping cost as much client CPU as the
+    round trip itself: packed in one write on a pooled connection, every reply read in order. As
+    in a pipeline, an error reply raises once every reply was read (the connection stays in the
+    pool), any other failure (connection lost, timeout, interruption) closes the connection, and
+    the connection's retry policy applies.
+
+    On a Redis Cluster, a redis-py pipeline, whose PUBLISH commands cannot ride in it (the command
+    has no key to route it by): one PUBLISH each right after it, a failure there ignored (a
+    wake-up is best effort: idle workers look at their queues every few seconds), so that a
+    caller never retries writes that were applied."""
     messages = list(messages)
-    if is_cluster(pipe):
+    if is_cluster(client):
+        pipe = client.pipeline(transaction=False)
+        for args in commands.stack:
+            pipe.execute_command(*args)
         replies = pipe.execute()
         for channel, message in messages:
             try:
@@ -126,10 +157,31 @@ def execute_and_publish(pipe: Any, client: Any, messages: Iterable[tuple[str, st
             except (redis.exceptions.RedisError, OSError):
                 pass
         return list(replies)
-    for channel, message in messages:
-        pipe.publish(channel, message)
-    replies = pipe.execute()
-    return list(replies[:len(replies) - len(messages)])
+    stack = [*commands.stack, *(("PUBLISH", channel, message) for channel, message in messages)]
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        replies = conn.retry.call_with_retry(lambda: _round_trip(conn, stack), lambda _error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+    return list(replies[:len(commands.stack)])
+
+
+def _round_trip(conn: Any, stack: list[tuple[Any, ...]]) -> list[Any]:
+    conn.send_packed_command(conn.pack_commands(stack))
+    replies: list[Any] = []
+    for _ in stack:
+        try:
+            replies.append(conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
@@ -157,9 +209,12 @@ def _make_sentinel(uri: str, common: dict[str, Any]) -> redis.Redis:
 # --- MongoDB --------------------------------------------------------------------------------------
 
 
-def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None) -> pymongo.MongoClient:
+def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None,
+               count_io: bool = False) -> pymongo.MongoClient:
     """`timeout` bounds connecting; `patience` (default: timeout) is how long an operation waits for
-    a server to be selected, e.g. through a failover or a hung server."""
+    a server to be selected, e.g. through a failover or a hung server. `count_io`: its commands are
+    counted in mrq.iocount (a pymongo command listener, which costs about a sixth of a command's
+    client CPU)."""
     ms = int(timeout * 1000)
     try:
         return pymongo.MongoClient(
@@ -168,7 +223,7 @@ def make_mongo(uri: str, *, timeout: float = 5.0, patience: float | None = None)
             connectTimeoutMS=ms,
             socketTimeoutMS=max(ms * 6, 30_000),
             appname="mrq",
-            event_listeners=[MONGO_LISTENER],
+            event_listeners=[MONGO_LISTENER] if count_io else [],
             tz_aware=False,
             connect=False,
         )
@@ -184,12 +239,16 @@ def mongo_database_name(uri: str, default: str = "mrq") -> str:
 class Connections:
     """The Redis and MongoDB clients of one process, created lazily from the settings."""
 
-    def __init__(self, settings: Settings, *, patience: float | None = None) -> None:
+    def __init__(self, settings: Settings, *, patience: float | None = None, count_io: bool = False) -> None:
         """`patience`: seconds MongoDB operations wait for a usable server (default: the
         mongodb_timeout setting). Workers are patient, so that a task's own MongoDB calls ride out
-        a short outage instead of failing the job; producers and the dashboard fail fast."""
+        a short outage instead of failing the job; producers and the dashboard fail fast.
+        `count_io`: every client counts its Redis round trips and MongoDB commands in mrq.iocount,
+        which the worker exports as metrics; other processes, which export nothing, skip the
+        cost."""
         self.settings = settings
         self.patience = patience
+        self.count_io = count_io
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._redis: redis.Redis | None = None
@@ -214,7 +273,7 @@ class Connections:
                 if self._redis is None:
                     s = self.settings
                     self._redis = make_redis(s.redis, max_connections=s.redis_max_connections,
-                                             timeout=s.redis_timeout)
+                                             timeout=s.redis_timeout, count_io=self.count_io)
         return self._redis
 
     def _mongo_client(self, uri: str) -> pymongo.MongoClient:
@@ -224,7 +283,8 @@ class Connections:
             with self._lock:
                 client = self._mongo_clients.get(uri)
                 if client is None:
-                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout, patience=self.patience)
+                    client = make_mongo(uri, timeout=self.settings.mongodb_timeout, patience=self.patience,
+                                        count_io=self.count_io)
                     self._mongo_clients[uri] = client
         return client
 
@@ -277,7 +337,8 @@ class Connections:
                     client = self._named_redis.get(name)
                     if client is None:
                         s = self.settings
-                        client = make_redis(value, max_connections=s.redis_max_connections, timeout=s.redis_timeout)
+                        client = make_redis(value, max_connections=s.redis_max_connections, timeout=s.redis_timeout,
+                                            count_io=self.count_io)
                         self._named_redis[name] = client
             return client
         except ConfigError as exc:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from mrq import iocount
 from mrq.config import Settings
 from mrq.connections import Connections, redact_uri
 from mrq.exceptions import ConfigError, StoreUnavailable
@@ -20,8 +22,8 @@ def make_connections():
     """Build Connections that are all closed after the test."""
     made: list[Connections] = []
 
-    def make(settings: Settings) -> Connections:
-        conns = Connections(settings)
+    def make(settings: Settings, **options: Any) -> Connections:
+        conns = Connections(settings, **options)
         made.append(conns)
         return conns
 
@@ -38,6 +40,20 @@ def test_clients_are_lazy_and_work(mrq_settings: Settings, make_connections) -> 
     assert conns.redis.get(f"{mrq_settings.redis_prefix}:probe") == b"1"
     conns.mongodb_jobs.probe.insert_one({"x": 1})
     assert conns.mongodb_jobs.probe.count_documents({}) == 1
+
+
+def test_only_counting_clients_count_round_trips(mrq_settings: Settings, make_connections) -> None:
+    """The worker's clients count their round trips and commands (its metrics); a producer's do
+    not pay for it (pymongo's command listener costs each command a sixth of its client CPU)."""
+    for count_io in (False, True):
+        conns = make_connections(mrq_settings, count_io=count_io)
+        conns.check()
+        trips, commands = iocount.snapshot()
+        conns.redis.ping()
+        conns.mongodb_jobs.probe.find_one({})
+        after_trips, after_commands = iocount.snapshot()
+        assert (after_trips - trips, after_commands.get("find", 0) - commands.get("find", 0)) == (
+            (1, 1) if count_io else (0, 0))
 
 
 def test_jobs_database_comes_from_the_uri_path(mrq_settings: Settings, make_connections) -> None:

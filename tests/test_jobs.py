@@ -10,6 +10,7 @@ import pytest
 from bson import ObjectId
 from pymongo import monitoring
 
+from mrq import iocount
 from mrq.exceptions import InvalidJob, InvalidQueueName, JobNotFound, StoreUnavailable
 from mrq.job import Job, get_job_result, queue_job, queue_jobs
 from mrq.queue import Queue, RegularQueue
@@ -59,34 +60,21 @@ class CommandCounter(monitoring.CommandListener):
 
 
 def test_bulk_queue_round_trips(store: Store, mrq_settings: Any) -> None:
-    """10,000 jobs: one insert per batch of 1,000 and one Redis pipeline per batch."""
+    """10,000 jobs: one insert per batch of 1,000 and one Redis round trip per batch."""
     counter = CommandCounter()
     monitoring.register(counter)  # applies to clients created afterwards
     try:
         from mrq.connections import Connections
 
-        counted = Store(mrq_settings, Connections(mrq_settings))
-        redis_calls = []
-        original = counted.redis.pipeline
-
-        def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-            pipe = original(*args, **kwargs)
-            real_execute = pipe.execute
-
-            def execute(*a: Any, **k: Any) -> Any:
-                redis_calls.append(len(pipe.command_stack))
-                return real_execute(*a, **k)
-
-            pipe.execute = execute
-            return pipe
-
-        counted.redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+        counted = Store(mrq_settings, Connections(mrq_settings, count_io=True))
+        counted.connections.check()  # connected: the handshakes are not counted below
         counter.commands.clear()
+        trips = iocount.redis_round_trips
         ids = queue_jobs("tests.tasks.general.Add", [{"a": i, "b": 1} for i in range(10_000)], store=counted)
         assert len(ids) == 10_000
         assert counter.commands.count("insert") == 10
         assert len(counter.commands) <= 30
-        assert len(redis_calls) <= 30  # round trips
+        assert iocount.redis_round_trips - trips == 10  # one push (RPUSH, stats, PUBLISH) per batch
         assert store.redis.llen(store.keys.queue_ids("default")) == 10_000
         counted.close()
     finally:
@@ -134,8 +122,19 @@ def test_params_nested_deeper_than_mongodb_stores(store: Store) -> None:
             value = {"n": value} if i % 2 or i == levels - 2 else [value]
         return value
 
+    def compact(levels: int) -> dict[str, Any]:  # the smallest encoding of that many levels: 7 bytes each
+        value: dict[str, Any] = {"": None}
+        for _ in range(levels - 1):
+            value = {"": value}
+        return value
+
+    holds_itself: dict[str, Any] = {}
+    holds_itself["self"] = holds_itself
     with pytest.raises(InvalidJob, match="params #1 nest more than 179 levels"):
         queue_jobs("tests.tasks.general.Echo", [{}, nested(180)])
+    for too_deep in (compact(180), nested(100_000), holds_itself, {"x": object(), "deep": nested(180)}):
+        with pytest.raises(InvalidJob, match=r"^params nest more than 179 levels"):  # depth is said first
+            queue_job("tests.tasks.general.Echo", too_deep)
     assert_nothing_stored(store)
     job_id = queue_job("tests.tasks.general.Echo", nested(179))  # the job document: 180 levels, mongod's limit
     assert store.jobs.find_one({"_id": job_id}, {"_id": 1}) is not None

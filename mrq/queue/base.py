@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import current
 from ..clock import utcnow
-from ..connections import execute_and_publish
+from ..connections import Commands, send_commands
 from ..stats import RETENTION, minute_of
 from ..storage import mongo
 from ..storage.keys import validate_queue_name
@@ -93,28 +93,28 @@ class Queue:
         the registry heals by itself after Redis lost its data."""
         note(self.store, pipe, self.name, self.root, self.is_subqueue)
 
-    def _execute_push(self, pipe: Any, count: int) -> None:
-        """Execute a pipeline holding a push with its bookkeeping (`add_push_bookkeeping`) and wake
-        the workers."""
-        messages = self.add_push_bookkeeping(pipe, count)
+    def _send_push(self, commands: Commands, messages: list[tuple[str, str]]) -> None:
+        """Send a push's commands (with their bookkeeping) and wake the workers, in one round trip.
+        If that fails, the once-a-minute notes it carried count as not written."""
         try:
-            execute_and_publish(pipe, self.store.redis, messages)
+            send_commands(self.store.redis, commands, messages)
         except BaseException:
             self.store.forget_notes()
             raise
 
     def add_push_bookkeeping(self, pipe: Any, count: int) -> list[tuple[str, str]]:
-        """Add the writes shared by every push to a pipeline holding the push itself (a redis-py
-        pipeline, sync or asyncio): the known-queues set (and the root's subqueue set), the
-        throughput counter. Cheap writes are repeated once a minute at most per process. Returns
-        the wake-up message to publish after it, as `(channel, message)` pairs."""
+        """Add the writes shared by every push to the commands holding the push itself (anything
+        with `execute_command`: mrq.connections.Commands, a redis-py pipeline, sync or asyncio):
+        the known-queues set (and the root's subqueue set), the throughput counter. Cheap writes
+        are repeated once a minute at most per process. Returns the wake-up message to publish
+        after them, as `(channel, message)` pairs."""
         store = self.store
         keys = store.keys
         self._note_known(pipe)
         minute = minute_of(time.time())
-        pipe.hincrby(keys.stats(minute), f"in:{self.name}", count)
+        pipe.execute_command("HINCRBY", keys.stats(minute), f"in:{self.name}", count)
         if store.note_once(f"stats:{minute}"):
-            pipe.expire(keys.stats(minute), RETENTION)
+            pipe.execute_command("EXPIRE", keys.stats(minute), RETENTION)
         return [(keys.notify_channel(self.name), str(count))]
 
 

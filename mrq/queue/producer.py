@@ -4,7 +4,9 @@ here, from mrq.job and from mrq.context.
 
 A job is queued by inserting its document (`queued`) in MongoDB, then pushing its id on its
 queue in Redis; if the push fails for good the documents are removed, so that an error means
-"not queued". A raw queue only needs its name: its RAW_QUEUES entry is the worker's business.
+"not queued". Each document is encoded to BSON once: the encoding is the check that MongoDB can
+store it, and the bytes are what is inserted. A raw queue only needs its name: its RAW_QUEUES
+entry is the worker's business.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import bson
 import pymongo
 import pymongo.errors
 import redis.exceptions
 from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
 
 from .. import current
 from ..clock import utcnow
@@ -48,39 +51,60 @@ RESERVED_FIELDS = frozenset({
     "retry_count", "progress", "recoveries", "totaltime", "depends_on", "dependencies_ended", "dependents",
     "on_dependency_failure",
 })
-
+#: Params nested deeper than MAX_PARAMS_DEPTH encode to this many bytes at least (each non-empty
+#: level holds an element: a type byte, a key, a 4-byte length, a terminator): a smaller job
+#: document cannot be too deep, and skips the walk that counts its levels.
+MIN_BYTES_TOO_DEEP = 7 * (MAX_PARAMS_DEPTH + 1)
+_CONTAINERS = (dict, list, tuple)
 
 
 def nesting_depth(value: Any, limit: int) -> int:
     """Levels of non-empty dicts and lists in `value` as MongoDB counts them, stopping past
-    `limit` (iterative: a hostile value cannot exhaust the stack)."""
+    `limit` (iterative: a hostile value cannot exhaust the stack; depth first: a value that holds
+    itself is found too deep at once). Only containers are stacked, not every value."""
+    if not (isinstance(value, _CONTAINERS) and value):
+        return 0
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, level = stack.pop()
-        if not isinstance(item, (dict, list, tuple)) or not item:
-            continue
-        deepest = max(deepest, level)
-        if deepest > limit:
-            break
-        stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                break
+        below = level + 1
+        stack.extend([(child, below) for child in (item.values() if isinstance(item, dict) else item)
+                      if isinstance(child, _CONTAINERS) and child])
     return deepest
 
 
-def _check_document(doc: dict[str, Any], index: int) -> None:
-    if nesting_depth(doc.get("params"), MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH:
-        where = f"params #{index}" if index else "params"
-        raise InvalidJob(f"{where} nest more than {MAX_PARAMS_DEPTH} levels of dicts and lists; MongoDB refuses "
-                         "documents nested that deep")
+def _too_deep(doc: dict[str, Any], index: int) -> InvalidJob | None:
+    if nesting_depth(doc.get("params"), MAX_PARAMS_DEPTH) <= MAX_PARAMS_DEPTH:
+        return None
+    where = f"params #{index}" if index else "params"
+    return InvalidJob(f"{where} nest more than {MAX_PARAMS_DEPTH} levels of dicts and lists; MongoDB refuses "
+                      "documents nested that deep")
+
+
+def encode_document(doc: dict[str, Any], index: int) -> RawBSONDocument:
+    """The job document encoded once, as it is inserted (pymongo sends a RawBSONDocument's bytes
+    as they are): encoding is the check that MongoDB can store it. Raises InvalidJob for params
+    that cannot be encoded, nest too deep (checked first) or make the document too large."""
     try:
-        size = len(bson.encode(doc))
-    except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+        data = bson.encode(doc)
+    except (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError, RecursionError) as exc:
+        # RecursionError: nested deeper than the encoder recurses, or holding itself.
         where = f"params #{index}" if index else "params"
-        raise InvalidJob(f"{where} cannot be stored in MongoDB: {exc}") from None
-    if size > MAX_DOCUMENT_BYTES:
+        raise _too_deep(doc, index) or InvalidJob(f"{where} cannot be stored in MongoDB: {exc}") from None
+    if len(data) >= MIN_BYTES_TOO_DEEP:
+        too_deep = _too_deep(doc, index)
+        if too_deep is not None:
+            raise too_deep
+    if len(data) > MAX_DOCUMENT_BYTES:
         raise InvalidJob(
-            f"params #{index} make a {size / 1048576:.1f} MiB job document; MongoDB documents are limited to "
+            f"params #{index} make a {len(data) / 1048576:.1f} MiB job document; MongoDB documents are limited to "
             "16 MiB (store large data elsewhere and pass a reference)"
         )
+    return RawBSONDocument(data)
 
 
 def resolve_queue(store: Store, path: str, queue: str | None) -> str:
@@ -113,12 +137,21 @@ def dependency_ids(depends_on: Any, on_failure: str = "cancel") -> list[ObjectId
     return list(found)
 
 
+class PreparedJobs(NamedTuple):
+    """A validated queueing request: its queue, and per job its id and its document, encoded."""
+
+    queue: str
+    ids: list[ObjectId]
+    documents: list[RawBSONDocument]
+
+
 def prepare_jobs(store: Store, path: str, params_list: Sequence[Mapping[str, Any]], queue: str | None,
                  batch_size: int, ids: Sequence[ObjectId] | None, depends_on: Sequence[ObjectId] = (),
-                 on_dependency_failure: str = "cancel") -> tuple[str, list[dict[str, Any]]]:
+                 on_dependency_failure: str = "cancel",
+                 extra_fields: Mapping[str, Any] | None = None) -> PreparedJobs:
     """Validate a queueing request (path, queue, params, ids, dependencies as from
-    dependency_ids()) and build its job documents, without touching a store: the queue and the
-    documents to insert. Shared by queue_jobs and mrq.aio."""
+    dependency_ids(), extra top-level fields) and build its job documents, without touching a
+    store. Shared by queue_jobs and mrq.aio."""
     validate_task_path(path)
     queue = resolve_queue(store, path, queue)
     if queue_kind(queue) != "regular":
@@ -133,17 +166,23 @@ def prepare_jobs(store: Store, path: str, params_list: Sequence[Mapping[str, Any
         raise InvalidJob("ids must be one ObjectId per params dict")
     if ids is not None and depends_on and set(ids) & set(depends_on):
         raise InvalidJob("depends_on names a job queued by this same call: a job cannot wait for itself (a cycle)")
+    if extra_fields and params_list:
+        taken = [name for name in extra_fields if name in RESERVED_FIELDS]
+        if taken:
+            raise InvalidJob(f"extra_fields may not set {', '.join(sorted(taken))}: mrq writes those")
     now = utcnow()
+    job_ids = [ObjectId() for _ in params_list] if ids is None else list(ids)
     docs = []
     for index, params in enumerate(params_list):
         if not isinstance(params, Mapping):
             raise InvalidJob(f"params #{index} must be a dict, got {type(params).__name__}")
-        doc = documents.new_job(ObjectId() if ids is None else ids[index], path, dict(params), queue, now)
+        doc = documents.new_job(job_ids[index], path, dict(params), queue, now)
         if depends_on:
             doc.update(documents.waiting_fields(list(depends_on), on_dependency_failure))
-        _check_document(doc, index)
-        docs.append(doc)
-    return queue, docs
+        if extra_fields:
+            doc.update(extra_fields)
+        docs.append(encode_document(doc, index))
+    return PreparedJobs(queue, job_ids, docs)
 
 
 def check_dependencies_exist(store: Store, depends_on: Sequence[ObjectId]) -> None:
@@ -212,13 +251,8 @@ def queue_jobs(
     out of the returned list (idempotent queueing: the scheduler's one job per occurrence)."""
     store = store or _current_store()
     waits_for = dependency_ids(depends_on, on_dependency_failure)
-    queue, docs = prepare_jobs(store, path, params_list, queue, batch_size, ids, waits_for, on_dependency_failure)
-    if extra_fields:
-        taken = [name for name in extra_fields if name in docs[0] or name in RESERVED_FIELDS] if docs else []
-        if taken:
-            raise InvalidJob(f"extra_fields may not set {', '.join(sorted(taken))}: mrq writes those")
-        for doc in docs:
-            doc.update(extra_fields)
+    queue, job_ids, docs = prepare_jobs(store, path, params_list, queue, batch_size, ids, waits_for,
+                                        on_dependency_failure, extra_fields)
     if waits_for:
         try:
             check_dependencies_exist(store, waits_for)
@@ -226,37 +260,35 @@ def queue_jobs(
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
-        batch = docs[start:start + batch_size]
+        batch_ids = job_ids[start:start + batch_size]
         try:
-            _insert(store, batch, ordered=ids is None)
+            _insert(store, docs[start:start + batch_size], ordered=ids is None)
         except pymongo.errors.BulkWriteError as exc:
             existing = duplicate_indexes(exc, ids is not None)  # these ids were queued before: skip them
             if existing is None:
                 # The server refused a document (a validator, a limit): not an outage. Remove what
                 # this batch inserted so that the error means "these were not queued".
-                store.jobs.delete_many({"_id": {"$in": [doc["_id"] for doc in batch]},
-                                        "status": {"$in": [QUEUED, WAITING]}})
+                store.jobs.delete_many({"_id": {"$in": batch_ids}, "status": {"$in": [QUEUED, WAITING]}})
                 raise refused_batch(exc, start, len(queued)) from None
-            known = [doc["_id"] for index, doc in enumerate(batch) if index in existing]
+            known = [job_id for index, job_id in enumerate(batch_ids) if index in existing]
             if waits_for:  # an earlier attempt may have stopped before registering them: again (idempotent)
                 dependencies.register(store, known, waits_for)
             else:
                 _push_unpushed(store, queue, known)
-            batch = [doc for index, doc in enumerate(batch) if index not in existing]
+            batch_ids = [job_id for index, job_id in enumerate(batch_ids) if index not in existing]
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
-        batch_ids: list[ObjectId] = [doc["_id"] for doc in batch]
         if waits_for:  # stored waiting: queued by the end of their dependencies, not pushed now
             dependencies.register(store, batch_ids, waits_for)
             queued.extend(batch_ids)
             continue
-        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch))
+        emit_metric(store.settings.metric_hook, "jobs.status.queued", len(batch_ids))
         _push_ids(store, queue, batch_ids)
         queued.extend(batch_ids)
     return queued
 
 
-def _insert(store: Store, batch: list[dict[str, Any]], ordered: bool) -> None:
+def _insert(store: Store, batch: list[RawBSONDocument], ordered: bool) -> None:
     """`insert_many`, or for one job `insert_one` (a third less client CPU: no bulk machinery), its
     write error raised in insert_many's shape so that one caller handles both."""
     if len(batch) > 1:

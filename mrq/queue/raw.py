@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..connections import Commands
 from ..exceptions import ConfigError, InvalidJob
 from ..helpers import emit_metric
 from ..storage.keys import validate_job_queue, validate_queue_name
@@ -136,9 +137,9 @@ class RawQueue(Queue):
         members = self._members(params)
         if not members:
             return 0
-        pipe = self.store.redis.pipeline(transaction=False)
-        self._add(pipe, members)
-        self._execute_push(pipe, len(members))
+        commands = Commands()
+        self._add(commands, members)
+        self._send_push(commands, self.add_push_bookkeeping(commands, len(members)))
         hook = self.store.settings.metric_hook
         emit_metric(hook, f"queues.{self.name}.enqueued", len(members))
         emit_metric(hook, "queues.all.enqueued", len(members))
@@ -176,7 +177,7 @@ class RawListQueue(RawQueue):
     kind = "raw"
 
     def _add(self, pipe: Any, members: list[str | bytes]) -> None:
-        pipe.rpush(self.key, *members)
+        pipe.execute_command("RPUSH", self.key, *members)
 
     def _remove(self, members: list[str | bytes]) -> None:
         pipe = self.store.redis.pipeline(transaction=False)
@@ -199,7 +200,7 @@ class RawSetQueue(RawQueue):
     kind = "set"
 
     def _add(self, pipe: Any, members: list[str | bytes]) -> None:
-        pipe.sadd(self.key, *members)
+        pipe.execute_command("SADD", self.key, *members)
 
     def _remove(self, members: list[str | bytes]) -> None:
         self.store.redis.srem(self.key, *members)
@@ -231,7 +232,7 @@ class RawSortedSetQueue(RawQueue):
         return {_as_member(p, i): score for i, p in enumerate(params)}
 
     def _add(self, pipe: Any, members: dict[str | bytes, float]) -> None:
-        pipe.zadd(self.key, members)
+        pipe.execute_command("ZADD", self.key, *(item for member, score in members.items() for item in (score, member)))
 
     def _remove(self, members: list[str | bytes]) -> None:
         self.store.redis.zrem(self.key, *members)

@@ -31,15 +31,16 @@ SWEEP_MAX = 5000
 
 
 def note(store: Store, pipe: Any, name: str, root: str, is_subqueue: bool) -> None:
-    """Add the registry writes for a push to `name` to the push's pipeline (once a minute at most
-    per process and queue: the registry heals by itself after Redis lost its data)."""
+    """Add the registry writes for a push to `name` to the push's commands (`execute_command`: a
+    pipeline or mrq.connections.Commands), once a minute at most per process and queue: the
+    registry heals by itself after Redis lost its data."""
     if not store.note_once("queue:" + name):
         return
     keys = store.keys
-    pipe.zadd(keys.known_queues, {name: 0})
+    pipe.execute_command("ZADD", keys.known_queues, 0, name)
     if is_subqueue:
-        pipe.zadd(keys.queues_seen, {name: time.time()})
-        pipe.sadd(keys.subqueues(root), name)
+        pipe.execute_command("ZADD", keys.queues_seen, time.time(), name)
+        pipe.execute_command("SADD", keys.subqueues(root), name)
 
 
 def known_queue_names(store: Store) -> list[str]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..connections import execute_and_publish
+from ..connections import Commands
 from ..exceptions import InvalidQueueName
 from ..storage.keys import REVERSE_SUFFIX, validate_queue_name
 from ..store import strings
@@ -44,28 +44,22 @@ class RegularQueue(Queue):
     def push(self, ids: Sequence[str], *, front: bool = False, requeued: bool = False) -> None:
         """Put job ids on the queue (their documents must already say `queued`) and wake workers.
         `requeued`: the ids may sit in the delayed set from an earlier life of the job: cleared
-        in the same pipeline. (A cancel mark is left alone: it drops the old copy of the id.)"""
+        in the same round trip. (A cancel mark is left alone: it drops the old copy of the id.)"""
         if not ids:
             return
-        pipe = self.store.redis.pipeline(transaction=False)
-        messages = self.add_push(pipe, ids, front=front, requeued=requeued)
-        try:
-            execute_and_publish(pipe, self.store.redis, messages)
-        except BaseException:
-            self.store.forget_notes()  # the registry note and the stats expiry may not have been written
-            raise
+        commands = Commands()
+        messages = self.add_push(commands, ids, front=front, requeued=requeued)
+        self._send_push(commands, messages)
 
     def add_push(self, pipe: Any, ids: Sequence[str], *, front: bool = False,
                  requeued: bool = False) -> list[tuple[str, str]]:
-        """The writes of `push` added to a pipeline (sync or asyncio: mrq.aio executes its own);
-        returns the wake-up messages to publish after them."""
+        """The writes of `push` added to `pipe` (anything with `execute_command`: Commands, or a
+        redis-py pipeline, sync or asyncio: mrq.aio executes its own); returns the wake-up
+        messages to publish after them."""
         keys = self.store.keys
         if requeued:
-            pipe.zrem(keys.queue_delayed(self.name), *ids)
-        if front:
-            pipe.lpush(keys.queue_ids(self.name), *ids)
-        else:
-            pipe.rpush(keys.queue_ids(self.name), *ids)
+            pipe.execute_command("ZREM", keys.queue_delayed(self.name), *ids)
+        pipe.execute_command("LPUSH" if front else "RPUSH", keys.queue_ids(self.name), *ids)
         return self.add_push_bookkeeping(pipe, len(ids))
 
     def push_delayed(self, ids_and_times: dict[str, float]) -> None:
@@ -73,15 +67,11 @@ class RegularQueue(Queue):
         if not ids_and_times:
             return
         store = self.store
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.zadd(store.keys.queue_delayed(self.name), ids_and_times)
-        self._note_known(pipe)
-        try:
-            execute_and_publish(pipe, store.redis,
-                                [(store.keys.due_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
-        except BaseException:
-            store.forget_notes()
-            raise
+        commands = Commands()
+        commands.execute_command("ZADD", store.keys.queue_delayed(self.name),
+                                 *(item for job_id, due in ids_and_times.items() for item in (due, job_id)))
+        self._note_known(commands)
+        self._send_push(commands, [(store.keys.due_channel(self.name), f"at:{min(ids_and_times.values()):f}")])
 
     # --- out ----------------------------------------------------------------------------------------
 

@@ -89,8 +89,9 @@ class Worker:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         # Patient MongoDB clients: a task's own calls wait out a short outage (a failover, a hung
-        # server) rather than failing the job.
-        self.store = store or Store(settings, Connections(settings, patience=max(60.0, settings.mongodb_timeout)))
+        # server) rather than failing the job. They count their round trips (the worker's metrics).
+        self.store = store or Store(settings, Connections(settings, patience=max(60.0, settings.mongodb_timeout),
+                                                          count_io=True))
         self.oid = ObjectId()
         self.id = str(self.oid)
         self.name = settings.name or f"{socket.gethostname().split('.')[0]}.{os.getpid()}"

@@ -69,7 +69,8 @@ class LeaseKeeper:
         self._running = False
 
     def _run(self) -> None:
-        client = make_redis(self.settings.redis, max_connections=2, timeout=max(0.5, min(self.lease / 3.0, 5.0)))
+        client = make_redis(self.settings.redis, max_connections=2, timeout=max(0.5, min(self.lease / 3.0, 5.0)),
+                            count_io=True)
         leases = Leases(client, self.keys)
         failing_since: float | None = None
         self._release = False
