@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { BSON, ObjectId } from 'mongodb';
 
 import { InvalidJob } from '../src/index.js';
-import { env, keysOf, ownPrefix, rawJobs, rawRedis, testClient } from './helpers.js';
+import { env, keysOf, ownPrefix, rawJobs, rawRedis, recordNotifications, testClient } from './helpers.js';
 
 const { cases } = JSON.parse(readFileSync(new URL('./fixtures/waiting-jobs.json', import.meta.url), 'utf8'));
 const reference = env.reference.waiting;
@@ -28,12 +28,7 @@ const DAY = 24 * 3600 * 1000;
 
 before(async () => {
   redis = await rawRedis();
-  subscriber = redis.duplicate();
-  subscriber.on('error', () => {});
-  await subscriber.connect();
-  await subscriber.pSubscribe(`${reference.nodePrefix}:notify:*`, (/** @type {string} */ message, /** @type {string} */ channel) => {
-    messages.push([channel.slice(reference.nodePrefix.length + 1), message]);
-  });
+  subscriber = await recordNotifications(redis, reference.nodePrefix, messages);
   raw = await rawJobs();
   // The steps the workflow tests' task records, read by job (strict mode refuses a collection scan).
   await raw.db.collection('steps').createIndex({ job: 1 });

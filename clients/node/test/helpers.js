@@ -132,3 +132,20 @@ function portOpen(port) {
     socket.once('error', () => resolve(false));
   });
 }
+
+/**
+ * Subscribes a duplicate of `redis` to the wake-up messages of `prefix`: each is pushed on
+ * `messages` as [channel without the prefix, payload]. Returns the subscriber (close it after).
+ * @param {any} redis
+ * @param {string} prefix
+ * @param {string[][]} messages
+ */
+export async function recordNotifications(redis, prefix, messages) {
+  const subscriber = redis.duplicate();
+  subscriber.on('error', () => {});
+  await subscriber.connect();
+  await subscriber.pSubscribe(`${prefix}:notify:*`, (/** @type {string} */ message, /** @type {string} */ channel) => {
+    messages.push([channel.slice(prefix.length + 1), message]);
+  });
+  return subscriber;
+}

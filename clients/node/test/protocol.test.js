@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 
 import { BSON } from 'mongodb';
 
-import { env, keysOf, rawJobs, rawRedis, testClient } from './helpers.js';
+import { env, keysOf, rawJobs, rawRedis, recordNotifications, testClient } from './helpers.js';
 
 const { cases } = JSON.parse(readFileSync(new URL('./fixtures/reference-jobs.json', import.meta.url), 'utf8'));
 const reference = env.reference;
@@ -25,12 +25,7 @@ let startedAt = 0;
 
 before(async () => {
   redis = await rawRedis();
-  subscriber = redis.duplicate();
-  subscriber.on('error', () => {});
-  await subscriber.connect();
-  await subscriber.pSubscribe(`${reference.nodePrefix}:notify:*`, (/** @type {string} */ message, /** @type {string} */ channel) => {
-    messages.push([channel.slice(reference.nodePrefix.length + 1), message]);
-  });
+  subscriber = await recordNotifications(redis, reference.nodePrefix, messages);
   raw = await rawJobs();
   const client = testClient({ redisPrefix: reference.nodePrefix });
   startedAt = Date.now();
