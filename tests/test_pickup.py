@@ -205,3 +205,26 @@ def test_delayed_jobs_are_announced_on_the_due_channel_and_a_blocked_worker_wake
     RegularQueue("default", store).push_delayed({str(job): time.time() + 0.3})
     wait_until(lambda: status(store, job) == "success", 20, message="delayed job done")
     assert time.monotonic() - scheduled < 1.5  # woken by the due message, not by the block's end
+
+
+def test_an_id_in_a_landing_list_survives_the_worker_killed_and_redis_losing_its_data(
+        mrq_settings: Settings, own_redis: Any, worker_factory: Any) -> None:
+    """Two faults at once: the worker dies with the id in its landing list, and Redis loses
+    everything (the landing list with it). Reconciliation puts the job back from MongoDB."""
+    settings = mrq_settings.replace(redis=own_redis.url)
+    store = Store(settings)
+    try:
+        victim = worker_factory("--greenlets", "5", "default", settings=settings,
+                                env={**FAST_LEASE, "MRQ_TEST_STOP_AT": "pickup_landed"})
+        idle(store, victim)
+        job = queue_job(RECORD, {}, store=store)
+        wait_until(lambda: psutil.Process(victim.pid).status() == psutil.STATUS_STOPPED, 20, message="worker stopped")
+        assert store.redis.llen(store.keys.queue_landing("default", worker_id(store))) == 1
+        store.redis.flushall()
+        victim.send(signal.SIGKILL)
+        victim.wait(10)
+        worker_factory("--greenlets", "5", "default", settings=settings, env=FAST_LEASE)
+        wait_until(lambda: status(store, job) == "success", 45, message="job put back and run")
+        assert executions(store) == {job: 1}
+    finally:
+        store.close()

@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
 import gevent.event
@@ -64,8 +64,6 @@ from .watchdog import EXIT_RUNAWAY, Watchdog
 from .writer import StatusWriter
 
 log = logging.getLogger("mrq.worker")
-
-T = TypeVar("T")
 
 #: How long an idle worker waits before looking at its queues again without being woken (a
 #: safety net for a lost notification; pickup never depends on it).
