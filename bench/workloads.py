@@ -288,5 +288,8 @@ def enqueue(ctx: Context, system: System, mode: Mode, tag: str, n_single: int, n
     ctx.stores.reset()
     bulk = produce(ctx, system, mode, n_bulk, log, times, bulk=True)
     ctx.stores.reset()
-    return {"figures": {"single_jobs_per_s": n_single / single["seconds"], "bulk_jobs_per_s": n_bulk / bulk["seconds"]},
+    figures = {"single_jobs_per_s": n_single / single["seconds"], "bulk_jobs_per_s": n_bulk / bulk["seconds"]}
+    if "cpu_seconds" in single:
+        figures["single_cpu_us"] = single["cpu_seconds"] / n_single * 1e6
+    return {"figures": figures,
             "details": {"single": single, "bulk": bulk}}

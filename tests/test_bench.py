@@ -18,7 +18,7 @@ import psutil
 import pymongo.errors
 import pytest
 
-from bench.report import aggregate, evaluate_targets
+from bench.report import aggregate, evaluate_round2_targets, evaluate_targets
 from mrq.testing.pytest_plugin import use_plain_mongodb
 from mrq.testing.workers import still_running
 
@@ -187,3 +187,26 @@ def test_targets_are_ratios_to_the_best_peer_and_say_how_much_is_missing() -> No
     assert regular.reference == "huey/greenlet 2,000"
     assert "50% short" in regular.note and "+100% to go" in regular.note
     assert raw.status == "NOT RUN" and raw.note == "not built"
+
+
+def test_round2_targets_compare_single_calls_with_rq_and_the_client_cpu_with_its_limit() -> None:
+    def run(kind: str, system: str, mode: str, **figures: float) -> dict:
+        return {"ok": True, "kind": kind, "system": system, "mode": mode, "figures": figures}
+
+    runs = [run("D", "mrq", "regular", single_jobs_per_s=2000, bulk_jobs_per_s=1, single_cpu_us=300),
+            run("D", "rq", "simple", single_jobs_per_s=2500, bulk_jobs_per_s=1, single_cpu_us=310),
+            run("D", "huey", "thread", single_jobs_per_s=9000, bulk_jobs_per_s=1, single_cpu_us=120),
+            run("C", "mrq", "regular", jobs_per_s=960), run("C", "mrq", "raw", jobs_per_s=940),
+            run("B", "mrq", "regular", p50_ms=1.3, p99_ms=3.0), run("B", "huey", "thread", p50_ms=1.0, p99_ms=2.1)]
+    targets = {(t.name, t.mode): t for t in evaluate_round2_targets(aggregate(runs, {"B", "C", "D"}), {"B", "C", "D"},
+                                                                    {}, 1000)}
+    single = targets["D single queue_job calls", "regular"]
+    assert single.reference == "rq/simple 2,500" and single.ratio == pytest.approx(0.8)  # Huey is not the reference
+    assert single.status == "MISS"
+    cpu = targets["D client CPU per single call (µs)", "regular"]
+    assert cpu.status == "MISS" and cpu.value == pytest.approx(300)
+    assert targets["C IO-bound, share of the ceiling", "regular"].status == "PASS"  # 960 >= 950
+    assert targets["C IO-bound, share of the ceiling", "raw"].status == "MISS"  # 940 < 950
+    assert targets["B pickup latency p50, regular queue", "regular"].status == "MISS"  # 1.3 > 1.2 x 1.0
+    assert targets["B pickup latency p99, regular queue", "regular"].status == "PASS"  # 3.0 <= 1.5 x 2.1
+    assert targets["B pickup latency p50, raw queue", "raw"].status == "NOT RUN"

@@ -6,7 +6,9 @@ APP is a module of this folder (`huey_app`...) that defines:
 - `enqueue_one(task, kwargs)`: enqueue one job with the system's single-job call;
 - `enqueue_many(task, kwargs_list)`: its bulk call, or `enqueue_many = None` when it has none;
 - `ASYNC = True` for asyncio systems, whose three functions are coroutines.
-The task is "noop" or "sleep" (see _timing.py). Prints one JSON line: {"n", "seconds", "method"}.
+The task is "noop" or "sleep" (see _timing.py). Prints one JSON line: {"n", "seconds",
+"cpu_seconds", "method"}; `cpu_seconds` is the producer process's own CPU time over the same
+window (`time.process_time()`: the client's cost of the calls).
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ def job_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": args.seconds} if args.task == "sleep" else {}
 
 
-def run_sync(app: Any, args: argparse.Namespace) -> tuple[float, str]:
+def run_sync(app: Any, args: argparse.Namespace) -> tuple[float, float, str]:
     app.setup(args.mode)
     kwargs = job_kwargs(args)
     if args.bulk and app.enqueue_many is not None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, args.n, BULK_CHUNK):
             app.enqueue_many(args.task, [kwargs] * min(BULK_CHUNK, args.n - start))
-        return time.perf_counter() - t0, "bulk"
-    t0 = time.perf_counter()
+        return time.perf_counter() - t0, time.process_time() - c0, "bulk"
+    t0, c0 = time.perf_counter(), time.process_time()
     begin = time.time()
     for i in range(args.n):
         if args.interval:
@@ -42,18 +44,18 @@ def run_sync(app: Any, args: argparse.Namespace) -> tuple[float, str]:
             if delay > 0:
                 time.sleep(delay)
         app.enqueue_one(args.task, {**kwargs, "enq": time.time()} if args.stamp else kwargs)
-    return time.perf_counter() - t0, "single"
+    return time.perf_counter() - t0, time.process_time() - c0, "single"
 
 
-async def run_async(app: Any, args: argparse.Namespace) -> tuple[float, str]:
+async def run_async(app: Any, args: argparse.Namespace) -> tuple[float, float, str]:
     await app.setup(args.mode)
     kwargs = job_kwargs(args)
     if args.bulk and app.enqueue_many is not None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for start in range(0, args.n, BULK_CHUNK):
             await app.enqueue_many(args.task, [kwargs] * min(BULK_CHUNK, args.n - start))
-        return time.perf_counter() - t0, "bulk"
-    t0 = time.perf_counter()
+        return time.perf_counter() - t0, time.process_time() - c0, "bulk"
+    t0, c0 = time.perf_counter(), time.process_time()
     begin = time.time()
     for i in range(args.n):
         if args.interval:
@@ -61,7 +63,7 @@ async def run_async(app: Any, args: argparse.Namespace) -> tuple[float, str]:
             if delay > 0:
                 await asyncio.sleep(delay)
         await app.enqueue_one(args.task, {**kwargs, "enq": time.time()} if args.stamp else kwargs)
-    return time.perf_counter() - t0, "single"
+    return time.perf_counter() - t0, time.process_time() - c0, "single"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = importlib.import_module(args.app)
     if getattr(app, "ASYNC", False):
-        seconds, method = asyncio.run(run_async(app, args))
+        seconds, cpu, method = asyncio.run(run_async(app, args))
     else:
-        seconds, method = run_sync(app, args)
-    print(json.dumps({"n": args.n, "seconds": seconds, "method": method}))
+        seconds, cpu, method = run_sync(app, args)
+    print(json.dumps({"n": args.n, "seconds": seconds, "cpu_seconds": cpu, "method": method}))
     sys.stdout.flush()
     return 0
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
@@ -85,6 +87,7 @@ class ServerProcess:
         )
         try:
             wait_for_port(self.port, timeout, self.proc)
+            self._wait_for_own_listener(timeout)
         except Exception as exc:
             self.proc.kill()
             self.proc.wait()
@@ -92,6 +95,33 @@ class ServerProcess:
             self._log.close()
             self._log = None
             raise RuntimeError(f"{self.name} failed to start: {exc}\n{self.read_log()[-2000:]}") from exc
+
+    def _wait_for_own_listener(self, timeout: float) -> None:
+        """The port answering is not enough: between free_port() and the bind, another process (a
+        server of a test running beside this one) may have taken it, and ours then exits while
+        theirs answers. Wait until the listener on the port is our process's (or its child's)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server process exited with code {self.proc.returncode}: 127.0.0.1:{self.port} "
+                                   "answers, but not from this server (another process took the port?)")
+            if self._listening(self.proc.pid):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"127.0.0.1:{self.port} answers, but not from this server's process")
+            time.sleep(0.02)
+
+    def _listening(self, pid: int) -> bool:
+        try:
+            root = psutil.Process(pid)
+            for proc in (root, *root.children(recursive=True)):
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port:
+                        return True
+        except psutil.Error:
+            return False
+        return False
 
     def read_log(self) -> str:
         try:

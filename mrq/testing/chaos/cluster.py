@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pymongo
+import pymongo.errors
 import redis
 
 from ...config import Settings, load_settings
+from ...worker.core import EXIT_STORE_UNAVAILABLE
 from ..proxy import FaultProxy
 from ..stack import MongoTestServer, RedisServer
 from ..workers import WorkerProcess, descendants
@@ -176,6 +179,7 @@ class ChaosCluster:
         self.t0 = time.monotonic()
         self._frozen: set[str] = set()
         self._redis_down = False
+        self.start_notes: list[str] = []  # what the start had to retry
 
     def clock(self) -> float:
         """Seconds since the run started (negative during setup)."""
@@ -213,6 +217,7 @@ class ChaosCluster:
             server.start()
         self.redis_proxy.start()
         self.mongo_proxy.start()
+        self._check_paths()
         config = self.rundir / "mrq-chaos-config.py"
         config.write_text(f"RAW_QUEUES = {RAW_QUEUES!r}\nTASKS = {TASKS!r}\n")
         env = {"MRQ_WORKER_LEASE": f"{LEASE:g}", "MRQ_REDIS_TIMEOUT": f"{REDIS_TIMEOUT:g}",
@@ -230,7 +235,17 @@ class ChaosCluster:
         while not all(slot.ready() for slot in self.slots):
             for slot in self.slots:
                 if slot.current is not None and not slot.current.process.running:
-                    raise RuntimeError(f"worker {slot.name} exited at start:\n{slot.current.process.output()[-3000:]}")
+                    output = slot.current.process.output()[-3000:]
+                    if slot.current.process.proc is not None and \
+                            slot.current.process.proc.returncode == EXIT_STORE_UNAVAILABLE and len(slot.records) < 3:
+                        # A store slow to answer on a loaded machine: restarted, as a process
+                        # manager would. The paths were checked just before, so this is not a
+                        # wrong address; a third failure is reported.
+                        self.start_notes.append(f"{slot.name} exited at start (store unavailable), restarted: "
+                                                f"{output.strip().splitlines()[-1] if output.strip() else ''}")
+                        slot.start()
+                        continue
+                    raise RuntimeError(f"worker {slot.name} exited at start:\n{output}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers not ready after {timeout:g}s")
             time.sleep(0.05)
@@ -239,6 +254,29 @@ class ChaosCluster:
             for record in slot.records:
                 record.started_at -= ready - self.t0
         self.t0 = ready
+
+    def _check_paths(self, timeout: float = 30.0) -> None:
+        """Both proxies reach their own server before any worker starts (a clear error otherwise,
+        rather than a worker's "cannot reach" a minute later)."""
+        deadline = time.monotonic() + timeout
+        redis_client = redis.Redis(host="127.0.0.1", port=self.redis_proxy.port, socket_timeout=5,
+                                   socket_connect_timeout=5)
+        mongo_client: pymongo.MongoClient = pymongo.MongoClient(
+            f"mongodb://127.0.0.1:{self.mongo_proxy.port}", serverSelectionTimeoutMS=5000, directConnection=True)
+        try:
+            for what, ping in (("Redis", redis_client.ping), ("MongoDB", lambda: mongo_client.admin.command("ping"))):
+                while True:
+                    try:
+                        ping()
+                        break
+                    except (redis.RedisError, pymongo.errors.PyMongoError, OSError) as exc:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"{what} does not answer through its proxy: {exc}") from None
+                        self.start_notes.append(f"{what} through its proxy: {type(exc).__name__}, retried")
+                        time.sleep(0.2)
+        finally:
+            redis_client.close()
+            mongo_client.close()
 
     def slot(self, name: str) -> WorkerSlot:
         return next(s for s in self.slots if s.name == name)

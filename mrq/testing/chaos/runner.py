@@ -216,6 +216,8 @@ class Run:
         try:
             self.cluster.start()
             timings["setup"] = time.monotonic() - began
+            for text in self.cluster.start_notes:
+                self.note(f"setup: {text}")
             store = Store(self.cluster.direct_settings)
             sampler = StatusSampler(self.cluster.mongo.uri, DATABASE, self.clock).start()
             batches = self.schedule.batches
