@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pymongo
@@ -23,6 +24,8 @@ import redis.exceptions
 from .config import Settings
 from .exceptions import ConfigError, StoreUnavailable
 from .iocount import MONGO_LISTENER, CountingConnection, CountingSSLConnection
+
+T = TypeVar("T")
 
 _PASSWORD_IN_URI = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.I)
 
@@ -173,10 +176,73 @@ def send_commands(client: Any, commands: Commands, messages: Iterable[tuple[str,
     return list(replies[:len(commands.stack)])
 
 
+@dataclass
+class Overlapped(Generic[T]):
+    """What `send_commands_during` saw: the Redis commands' replies or their failure, and the
+    other work's result or its exception."""
+
+    replies: list[Any] | None = None
+    redis_error: BaseException | None = None
+    result: T | None = None
+    error: Exception | None = None
+
+
+def send_commands_during(client: Any, commands: Commands, messages: Iterable[tuple[str, str]],
+                         work: Callable[[], T]) -> Overlapped[T]:
+    """`send_commands` with `work` (a round trip to another server) run while Redis answers: the
+    commands are written, `work()` runs, then the replies are read, so that the caller waits for
+    both servers at once. Nothing raises from Redis or from `work` (an Exception): the outcome
+    says what failed, once both are over, and the caller decides (one attempt: no retry policy
+    here). A BaseException from `work` (an interruption) closes the connection and propagates.
+    Not on a Redis Cluster (ValueError: use send_commands)."""
+    if is_cluster(client):
+        raise ValueError("send_commands_during needs a single Redis")
+    stack = [*commands.stack, *(("PUBLISH", channel, message) for channel, message in messages)]
+    outcome: Overlapped[T] = Overlapped()
+    pool = client.connection_pool
+    conn = None
+    try:
+        try:
+            conn = pool.get_connection()  # connects a new connection: may fail too
+            conn.send_packed_command(conn.pack_commands(stack))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            if conn is not None:
+                conn.disconnect()
+            outcome.redis_error = exc
+        try:
+            outcome.result = work()
+        except Exception as exc:
+            outcome.error = exc
+        except BaseException:
+            if conn is not None:
+                conn.disconnect()
+            raise
+        if outcome.redis_error is None and conn is not None:
+            try:
+                replies = _read_replies(conn, len(stack))
+            except (redis.exceptions.RedisError, OSError) as exc:
+                conn.disconnect()
+                outcome.redis_error = exc
+            else:
+                failed = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
+                if failed is not None:
+                    outcome.redis_error = failed
+                else:
+                    outcome.replies = replies[:len(commands.stack)]
+    finally:
+        if conn is not None:
+            pool.release(conn)
+    return outcome
+
+
 def _round_trip(conn: Any, stack: list[tuple[Any, ...]]) -> list[Any]:
     conn.send_packed_command(conn.pack_commands(stack))
+    return _read_replies(conn, len(stack))
+
+
+def _read_replies(conn: Any, count: int) -> list[Any]:
     replies: list[Any] = []
-    for _ in stack:
+    for _ in range(count):
         try:
             replies.append(conn.read_response())
         except redis.exceptions.ResponseError as exc:

@@ -3,7 +3,8 @@
 lookup. tests/test_dependencies.py uses `before_settle`: a job's final status is stored, its
 dependents are not settled yet and its id is still in the worker's running set. tests/test_pickup.py
 uses `pickup_landed`: an idle worker's blocking move took an id into its landing list, and the
-claim that moves it into the running set is not sent."""
+claim that moves it into the running set is not sent. tests/test_queue_one.py uses `start_missed`:
+a worker's start of one job found no startable document, and it has not looked why yet."""
 
 from __future__ import annotations
 

@@ -4,9 +4,11 @@ here, from mrq.job and from mrq.context.
 
 A job is queued by inserting its document (`queued`) in MongoDB, then pushing its id on its
 queue in Redis; if the push fails for good the documents are removed, so that an error means
-"not queued". Each document is encoded to BSON once: the encoding is the check that MongoDB can
-store it, and the bytes are what is inserted. A raw queue only needs its name: its RAW_QUEUES
-entry is the worker's business.
+"not queued". A single new job (`queue_job` without `job_id` or `depends_on`, on a single Redis)
+has its push written before its insert is sent, and both replies awaited together
+(`_queue_one`): one wait instead of two. Each document is encoded to BSON once: the encoding is
+the check that MongoDB can store it, and the bytes are what is inserted. A raw queue only needs
+its name: its RAW_QUEUES entry is the worker's business.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bson.raw_bson import RawBSONDocument
 
 from .. import current
 from ..clock import utcnow
-from ..connections import store_error
+from ..connections import Commands, is_cluster, send_commands_during, store_error
 from ..exceptions import InvalidJob, StoreUnavailable
 from ..helpers import emit_metric
 from ..lifecycle import dependencies, documents
@@ -258,6 +260,10 @@ def queue_jobs(
             check_dependencies_exist(store, waits_for)
         except pymongo.errors.PyMongoError as exc:
             raise _unavailable("MongoDB", store.settings.mongodb_jobs, exc, store.settings.mongodb_timeout) from None
+    if len(docs) == 1 and ids is None and not waits_for and not is_cluster(store.redis):
+        emit_metric(store.settings.metric_hook, "jobs.status.queued", 1)
+        _queue_one(store, queue, job_ids[0], docs[0])
+        return job_ids
     queued: list[ObjectId] = []
     for start in range(0, len(docs), batch_size):
         batch_ids = job_ids[start:start + batch_size]
@@ -299,6 +305,41 @@ def _insert(store: Store, batch: list[RawBSONDocument], ordered: bool) -> None:
     except pymongo.errors.WriteError as exc:  # DuplicateKeyError included
         details = {"index": 0, "code": exc.code, "errmsg": (exc.details or {}).get("errmsg", str(exc))}
         raise pymongo.errors.BulkWriteError({"writeErrors": [details], "nInserted": 0}) from None
+
+
+def _queue_one(store: Store, queue: str, job_id: ObjectId, doc: RawBSONDocument) -> None:
+    """One new job: its push is written to Redis, its insert sent to MongoDB, then the push's
+    reply read, so that the call waits for the two servers at once rather than one after the
+    other. A worker may therefore take the id a moment before the document is stored: it waits
+    for it (worker/starting.py, IN_FLIGHT). If the insert fails, the id is taken back off the
+    queue (a worker that took it already drops it once the document is clearly not coming) and
+    the error raised means "not queued"; if only the push failed, it is sent again as queue_jobs
+    does (`_push_ids`: retried, then the document removed)."""
+    commands = Commands()
+    messages = RegularQueue(queue, store).add_push(commands, [str(job_id)])
+    outcome = send_commands_during(store.redis, commands, messages, lambda: _insert(store, [doc], ordered=True))
+    if outcome.redis_error is not None:
+        store.forget_notes()  # the once-a-minute notes it carried count as not written
+    if outcome.error is not None:
+        if outcome.redis_error is None:
+            _unpush(store, queue, str(job_id))
+        if isinstance(outcome.error, pymongo.errors.BulkWriteError):
+            raise refused_batch(outcome.error, 0, 0) from None
+        if isinstance(outcome.error, pymongo.errors.PyMongoError):
+            raise _unavailable("MongoDB", store.settings.mongodb_jobs, outcome.error,
+                               store.settings.mongodb_timeout) from None
+        raise outcome.error
+    if outcome.redis_error is not None:
+        _push_ids(store, queue, [job_id])
+
+
+def _unpush(store: Store, queue: str, job_id: str) -> None:
+    """Take back the id of a job whose insert failed (best effort: if Redis fails now, the workers
+    drop the id once its document is clearly not coming)."""
+    try:
+        store.redis.lrem(store.keys.queue_ids(queue), 0, job_id)
+    except (redis.exceptions.RedisError, OSError):
+        pass
 
 
 def _push_unpushed(store: Store, queue: str, ids: list[ObjectId]) -> None:

@@ -3,7 +3,9 @@
 Regular queues give ids: one `find` loads their documents; jobs whose task has a
 `max_concurrency` take a slot first (those without a free slot go back to their queue's delayed
 set for a moment: they wait in the queue, not in a greenlet); one guarded `update_many` marks
-the rest `started`. Ids whose documents cannot start (cancelled, finished, missing) are dropped.
+the rest `started`. Ids whose documents cannot start (cancelled, finished, missing) are dropped;
+a missing document of a young id may still be on its way (a single `queue_job` pushes and inserts
+at once): it is waited for (IN_FLIGHT_RETRIES, then the delayed set) until the id is too old.
 
 Raw queues give params: the queue's `job_factory` turns each into `{path, params}`; unless
 "started" is in `statuses_no_storage` the job documents are inserted (one `insert_many`). A
@@ -19,9 +21,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import gevent
 import pymongo.errors
 from bson import ObjectId
 
+from .. import faultpoints
 from ..backoff import retry_through_outage
 from ..clock import utcnow
 from ..exceptions import TaskNotFound
@@ -37,6 +41,14 @@ log = logging.getLogger("mrq.worker")
 
 #: Seconds a job that found no free `max_concurrency` slot waits in its queue's delayed set.
 HOLD_BACK = 0.5
+#: A single `queue_job` pushes the id while its document is being inserted (producer._queue_one),
+#: so a worker may find no document yet. Within this many seconds of the id's creation (the
+#: ObjectId's time, in whole seconds: a producer's insert gives up after the MongoDB client's
+#: socket timeout, max(6 x MRQ_MONGODB_TIMEOUT, 30 s), plus server selection) a missing document
+#: is waited for: at once for these pauses, then from the delayed set (HOLD_BACK). Older, it was
+#: deleted, expired or never stored: the id is dropped.
+IN_FLIGHT_RETRIES = (0.002, 0.005, 0.01, 0.02)
+IN_FLIGHT_MARGIN = 10.0
 
 
 class JobStarter:
@@ -101,6 +113,9 @@ class JobStarter:
         candidates: list[dict[str, Any]] = []
         for job_id, queue in queue_of.items():
             doc = found.get(job_id)
+            if doc is None and self.in_flight(job_id):
+                self._hold_back(queue.name, job_id)  # its producer's insert is on its way
+                continue
             if doc is None or doc.get("status") not in statuses.STARTABLE_STATUSES:
                 if doc is None:
                     log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
@@ -129,12 +144,25 @@ class JobStarter:
         """The idle case (one job taken): start it in one round trip (find_one_and_update) rather
         than two (find, then update_many): this is on the pickup latency path."""
         doc = self.held.start_one(job_id)
-        if doc is None:
-            if self.store.jobs.count_documents({"_id": ObjectId(job_id)}, limit=1) == 0:
+        waits = list(IN_FLIGHT_RETRIES)
+        while doc is None:
+            faultpoints.reached("start_missed")
+            found = self.store.jobs.find_one({"_id": ObjectId(job_id)}, {"status": 1})
+            if found is not None and found.get("status") not in statuses.STARTABLE_STATUSES:
+                self.held.drop({queue.name: [job_id]})  # cancelled, started elsewhere, ended
+                return []
+            if found is None and not self.in_flight(job_id):
                 log.warning("job %s was queued on %s but has no document (expired or deleted): dropped",
                             job_id, queue.name)
-            self.held.drop({queue.name: [job_id]})
-            return []
+                self.held.drop({queue.name: [job_id]})
+                return []
+            if not waits:
+                self._hold_back(queue.name, job_id)
+                return []
+            pause = waits.pop(0)
+            if found is None:  # its producer's insert is on its way (producer._queue_one)
+                gevent.sleep(pause)
+            doc = self.held.start_one(job_id)  # (a document found startable arrived just now)
         if self.limit_of(doc.get("path") or ""):
             _, held_back = self._take_slots([doc])
             if held_back:  # no free slot: undo the start, wait in the queue
@@ -167,6 +195,13 @@ class JobStarter:
     def _hold_back(self, queue: str, job_id: str) -> None:
         """Back into the queue's delayed set for a moment, atomically out of our running set."""
         self.held.give_back(queue, [(job_id, "d", self._due())])
+
+    def in_flight(self, job_id: str) -> bool:
+        """Whether a job id without a document may still get one (its producer's insert may be
+        on its way, IN_FLIGHT_MARGIN)."""
+        timeout = self.store.settings.mongodb_timeout
+        window = max(6 * timeout, 30.0) + timeout + IN_FLIGHT_MARGIN
+        return time.time() - ObjectId(job_id).generation_time.timestamp() < window
 
     @staticmethod
     def _due() -> float:
