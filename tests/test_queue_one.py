@@ -106,3 +106,27 @@ def test_a_document_stored_between_the_start_and_the_look_is_started(store: Stor
     wait_until(lambda: executions(store).get(job_id) == 1, 20, message="the job ran")
     assert store.jobs.find_one({"_id": job_id})["status"] == "success"
     assert everywhere(store, "default", str(job_id)) == []
+
+
+def test_a_worker_killed_while_it_waits_for_a_document_loses_nothing(store: Store, worker_factory: Any) -> None:
+    """Two faults at once: the worker took an id whose document is not stored yet, and it dies
+    (kill -9) there. Once the document arrives, the next worker takes the id back from the dead
+    one's running set and runs the job once; nothing is left `started` or in Redis."""
+    lease = {"MRQ_WORKER_LEASE": "2"}
+    victim = worker_factory("--greenlets", "3", "default", env={**lease, "MRQ_TEST_STOP_AT": "start_missed"})
+    prepared = prepare_jobs(store, RECORD, [{}], None, 1000, None)
+    job_id = prepared.ids[0]
+    RegularQueue("default", store).push([str(job_id)])
+    process = psutil.Process(victim.pid)
+    wait_until(lambda: process.status() == psutil.STATUS_STOPPED, 20, message="worker frozen at start_missed")
+    assert everywhere(store, "default", str(job_id)) == ["running"]
+    victim.send(signal.SIGKILL)
+    victim.wait(10)
+    store.jobs.insert_one(prepared.documents[0])  # the producer's insert lands after the crash
+    worker_factory("--greenlets", "3", "default", env=lease)
+    wait_until(lambda: executions(store).get(job_id) == 1, 30, message="the job recovered and ran")
+    wait_until(lambda: store.jobs.find_one({"_id": job_id})["status"] == "success", 10, message="success stored")
+    time.sleep(1.0)
+    assert executions(store) == {job_id: 1}
+    assert store.jobs.count_documents({"status": "started"}) == 0
+    assert everywhere(store, "default", str(job_id)) == []
